@@ -1,0 +1,87 @@
+"""Multi-head softmax attention with RoPE and GQA: the baseline mixer."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from memzoo.models.layers.base import Mixer
+from memzoo.models.layers.common import Dense
+from memzoo.models.layers.registry import register_mixer
+from memzoo.models.ops.attention import attention
+from memzoo.models.ops.rope import apply_rope
+from memzoo.models.ops.segments import segment_positions
+
+_UNWRITTEN = 2 ** 30  # position given to empty cache slots: later than any query, so masked
+
+
+@register_mixer("attention")
+class Attention(Mixer):
+  """Causal multi-head attention (Vaswani et al. 2017) with rotary positions and grouped KV heads.
+
+  Args:
+    d_model: model width.
+    num_heads: query heads H.
+    num_kv_heads: key/value heads (divides H); None means H.
+    head_dim: per-head width; None means d_model // H.
+    rope_theta: RoPE base.
+    window: sliding-window size (None: full causal attention).
+    impl: "naive", "blockwise", or "auto" (naive while the sequence fits in one key block).
+    block_q, block_k: blockwise block sizes.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, num_kv_heads: int | None = None,
+               head_dim: int | None = None, *, rope_theta: float = 10000.0,
+               window: int | None = None, impl: str = "auto", block_q: int = 512,
+               block_k: int = 512, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    num_kv_heads = num_kv_heads or num_heads
+    head_dim = head_dim or d_model // num_heads
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = Dense(d_model, (num_heads, head_dim), axes=("embed", "heads", "head_dim"), **kw)
+    self.k_proj = Dense(d_model, (num_kv_heads, head_dim), axes=("embed", "kv_heads", "head_dim"),
+                        **kw)
+    self.v_proj = Dense(d_model, (num_kv_heads, head_dim), axes=("embed", "kv_heads", "head_dim"),
+                        **kw)
+    self.o_proj = Dense((num_heads, head_dim), d_model, axes=("heads", "head_dim", "embed"), **kw)
+    self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
+    self.rope_theta, self.window = rope_theta, window
+    self.impl, self.block_q, self.block_k = impl, block_q, block_k
+
+  def _qkv(self, x, positions):
+    q = apply_rope(self.q_proj(x), positions, self.rope_theta)
+    k = apply_rope(self.k_proj(x), positions, self.rope_theta)
+    return q, k, self.v_proj(x)
+
+  def _attend(self, q, k, v, **kwargs):
+    impl = self.impl
+    if impl == "auto":
+      impl = "naive" if k.shape[1] <= self.block_k else "blockwise"
+    return attention(q, k, v, window=self.window, impl=impl, block_q=self.block_q,
+                     block_k=self.block_k, **kwargs)
+
+  def __call__(self, x, *, segment_ids=None):
+    b, t, _ = x.shape
+    q, k, v = self._qkv(x, segment_positions(segment_ids, b, t))
+    return self.o_proj(self._attend(q, k, v, segment_ids=segment_ids))
+
+  def init_state(self, batch_size: int, max_len: int):
+    shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
+    dtype = self.k_proj.dtype or self.k_proj.kernel[...].dtype
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "pos": jnp.zeros((), jnp.int32)}
+
+  def prefill(self, x, state):
+    b, t, _ = x.shape
+    pos = state["pos"]
+    positions = jnp.broadcast_to(pos + jnp.arange(t, dtype=jnp.int32), (b, t))
+    q, k, v = self._qkv(x, positions)
+    k_cache = jax.lax.dynamic_update_slice_in_dim(state["k"], k.astype(state["k"].dtype), pos, 1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(state["v"], v.astype(state["v"].dtype), pos, 1)
+    slots = jnp.arange(k_cache.shape[1], dtype=jnp.int32)
+    kv_positions = jnp.broadcast_to(jnp.where(slots < pos + t, slots, _UNWRITTEN),
+                                    (b, slots.shape[0]))
+    y = self._attend(q, k_cache, v_cache, q_positions=positions, kv_positions=kv_positions)
+    return self.o_proj(y), {"k": k_cache, "v": v_cache, "pos": pos + t}
+
+  def step(self, x_t, state):
+    y, state = self.prefill(x_t[:, None], state)
+    return y[:, 0], state

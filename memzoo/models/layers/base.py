@@ -1,0 +1,42 @@
+"""The interface every sequence mixer follows (see memzoo/models/README.md)."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+State = Any
+
+
+class Mixer(nnx.Module):
+  """A sequence mixer maps `[B, T, d_model] -> [B, T, d_model]`, causally.
+
+  Training:  `y = mixer(x, segment_ids=None)`; `segment_ids [B, T]` int marks packed documents, and
+             no information flows between different ids.
+  Decoding:  `state = mixer.init_state(batch_size, max_len)`; then any mix of
+             `y, state = mixer.prefill(x, state)`   (a block of tokens, `[B, T, d]`) and
+             `y_t, state = mixer.step(x_t, state)`  (one token, `[B, d]`).
+             The state is a pytree of arrays with a fixed shape (jit once, decode forever);
+             `max_len` bounds the total tokens for mixers whose state grows (attention's KV cache).
+  Invariant: prefill(x[:, :s]) then step() on each later token == mixer(x), up to float error.
+
+  Subclasses implement `__call__`, `init_state` and `step`; the default `prefill` scans `step`,
+  and mixers with a parallel form override it.
+  """
+
+  def __call__(self, x: jnp.ndarray, *, segment_ids: jnp.ndarray | None = None) -> jnp.ndarray:
+    raise NotImplementedError
+
+  def init_state(self, batch_size: int, max_len: int) -> State:
+    raise NotImplementedError
+
+  def step(self, x_t: jnp.ndarray, state: State) -> tuple[jnp.ndarray, State]:
+    raise NotImplementedError
+
+  def prefill(self, x: jnp.ndarray, state: State) -> tuple[jnp.ndarray, State]:
+    def body(s, x_t):
+      y_t, s = self.step(x_t, s)
+      return s, y_t
+    state, ys = jax.lax.scan(body, state, jnp.swapaxes(x, 0, 1))
+    return jnp.swapaxes(ys, 0, 1), state

@@ -1,0 +1,133 @@
+"""Building blocks shared by every layer: annotated parameters, dense maps, norms, SwiGLU, short conv.
+
+Every parameter carries *logical* axis names (`out_sharding` metadata, never applied eagerly), so a
+layer can be built with or without a device mesh; `memzoo.train` maps the names onto mesh axes.
+Logical names in use:
+
+  embed     the model width d_model
+  mlp       hidden width of feed-forward layers
+  heads     query / value heads          kv_heads   key/value heads (GQA)
+  head_dim  per-head feature width        vocab      the vocabulary
+  memory    slots of a memory-layer table  layers     the stacked-layer axis (scan over layers)
+
+`None` marks an axis that is never sharded.
+"""
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from memzoo.models.ops.conv import causal_conv1d
+
+Axes = tuple[str | None, ...]
+Shape = int | Sequence[int]
+
+
+def _tuple(shape: Shape) -> tuple[int, ...]:
+  return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+def param(rngs: nnx.Rngs, init, shape: Shape, axes: Axes, dtype=jnp.float32) -> nnx.Param:
+  """A parameter initialised by `init(key, shape, dtype)` and annotated with logical `axes`."""
+  shape = _tuple(shape)
+  if len(axes) != len(shape):
+    raise ValueError(f"axes {axes} do not match shape {shape}")
+  return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=tuple(axes), eager_sharding=False)
+
+
+def fan_in_init(fan_in: int, scale: float = 1.0):
+  """Truncated normal with std `scale / sqrt(fan_in)` (LeCun normal)."""
+  return nnx.initializers.truncated_normal(stddev=scale / fan_in ** 0.5)
+
+
+class Dense(nnx.Module):
+  """`y = x @ W (+ b)`, contracting the trailing `in_shape` axes of x into `out_shape` axes.
+
+  `Dense(d, (H, Dh), axes=("embed", "heads", "head_dim"))` maps `[B, T, d] -> [B, T, H, Dh]`;
+  `Dense((H, Dh), d, axes=("heads", "head_dim", "embed"))` maps it back.
+  """
+
+  def __init__(self, in_shape: Shape, out_shape: Shape, *, axes: Axes, use_bias: bool = False,
+               kernel_init=None, bias_init=nnx.initializers.zeros_init(), dtype=None,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.in_shape, self.out_shape = _tuple(in_shape), _tuple(out_shape)
+    fan_in = int(jnp.prod(jnp.array(self.in_shape)))
+    kernel_init = kernel_init or fan_in_init(fan_in)
+    self.kernel = param(rngs, kernel_init, self.in_shape + self.out_shape, axes, param_dtype)
+    self.bias = (param(rngs, bias_init, self.out_shape, axes[len(self.in_shape):], param_dtype)
+                 if use_bias else None)
+    self.dtype = dtype
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    dtype = self.dtype or x.dtype
+    y = jnp.tensordot(x.astype(dtype), self.kernel[...].astype(dtype), axes=len(self.in_shape))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(dtype)
+    return y
+
+
+def rms_norm(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+  """`x / rms(x)` over the last axis, computed in float32, returned in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+def l2_norm(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+  """`x / ||x||_2` over the last axis, computed in float32, returned in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm (Zhang & Sennrich 2019) with a learned scale over the trailing `shape` axes."""
+
+  def __init__(self, shape: Shape, *, axes: Axes = ("embed",), eps: float = 1e-6,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.scale = param(rngs, nnx.initializers.ones_init(), shape, axes, param_dtype)
+    self.eps = eps
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    return rms_norm(x, self.eps) * self.scale[...].astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+  """Feed-forward `W_down(silu(W_gate x) * W_up x)` (Shazeer 2020)."""
+
+  def __init__(self, d_model: int, hidden: int, *, dtype=None, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate = Dense(d_model, hidden, axes=("embed", "mlp"), **kw)
+    self.up = Dense(d_model, hidden, axes=("embed", "mlp"), **kw)
+    self.down = Dense(hidden, d_model, axes=("mlp", "embed"), **kw)
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class ShortConv(nnx.Module):
+  """Depthwise causal conv over `[B, T, *feature_shape]` with a decode state of the last K-1 inputs."""
+
+  def __init__(self, feature_shape: Shape, *, kernel_size: int = 4, axes: Axes,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.feature_shape = _tuple(feature_shape)
+    self.kernel_size = kernel_size
+    # Identity at init plus small taps: a fresh conv passes the current token through.
+    def init(key, shape, dtype):
+      w = nnx.initializers.normal(0.02)(key, shape, dtype)
+      return w.at[-1].add(1.0)
+    self.weight = param(rngs, init, (kernel_size,) + self.feature_shape, (None,) + tuple(axes),
+                        param_dtype)
+
+  def init_state(self, batch_size: int, dtype=jnp.float32) -> jnp.ndarray:
+    return jnp.zeros((batch_size, self.kernel_size - 1) + self.feature_shape, dtype)
+
+  def __call__(self, x: jnp.ndarray, *, segment_ids=None, state=None):
+    """`x [B, T, *F] -> (y [B, T, *F], state [B, K-1, *F])`."""
+    b, t = x.shape[:2]
+    flat = x.reshape(b, t, -1)
+    w = self.weight[...].reshape(self.kernel_size, -1)
+    flat_state = None if state is None else state.reshape(b, self.kernel_size - 1, -1)
+    y, new_state = causal_conv1d(flat, w, segment_ids=segment_ids, initial_state=flat_state)
+    return y.reshape(x.shape), new_state.reshape((b, self.kernel_size - 1) + self.feature_shape)
