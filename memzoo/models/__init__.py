@@ -1,0 +1,1 @@
+"""Sequence-layer zoo: pure ops, NNX layers and the LM backbone."""

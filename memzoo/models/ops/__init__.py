@@ -1,0 +1,1 @@
+"""Pure functional ops in [batch, time, heads, dim] layout."""

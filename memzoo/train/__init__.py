@@ -1,0 +1,1 @@
+"""Training: mesh and sharding, train step, loop, checkpoints, metrics, CLI."""
