@@ -4,3 +4,30 @@ is fixed when JAX starts; this process keeps the default single CPU device."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_with_devices(code: str, devices: int = 8, timeout: int = 600, env: dict | None = None) -> str:
+  """Runs Python `code` in a fresh process that sees `devices` CPU devices; returns its stdout.
+
+  The code should `assert` what it checks; a non-zero exit fails the calling test with stderr.
+  """
+  full_env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT),
+                  XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+  proc = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True,
+                        timeout=timeout, cwd=REPO_ROOT)
+  assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+  return proc.stdout
+
+
+@pytest.fixture
+def on_devices():
+  """`on_devices(code, devices=8)`: run a multi-device check in a subprocess (see run_with_devices)."""
+  return run_with_devices
