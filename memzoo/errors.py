@@ -11,4 +11,4 @@ class ConfigError(UserError):
   def __init__(self, field: str, problem: str, fix: str = ""):
     self.field = field
     message = f"{field}: {problem}"
-    super().__init__(f"{message}. {fix}" if fix else message)
+    super().__init__(f"{message}; {fix}" if fix else message)

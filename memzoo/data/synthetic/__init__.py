@@ -1,0 +1,1 @@
+"""Synthetic recall tasks (registered with memzoo.data.tasks.register_task)."""

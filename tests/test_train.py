@@ -1,0 +1,45 @@
+"""The trainer in-process: logs, checkpoints, and resuming from a checkpoint bit for bit."""
+
+import json
+
+import jax
+import numpy as np
+from helpers import tiny_config
+
+from memzoo.train import trainer
+
+
+def read_metrics(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_logs_evals_and_checkpoints(tmp_path):
+  result = trainer.train(tiny_config(), tmp_path)
+  metrics = read_metrics(tmp_path)
+  train_steps = [m["step"] for m in metrics if m["split"] == "train"]
+  val = [m for m in metrics if m["split"] == "val"]
+  assert train_steps == [2, 4, 6] and [m["step"] for m in val] == [3, 6]
+  assert {"loss", "lr", "grad_norm", "accuracy"} <= metrics[0].keys()
+  assert "tokens_per_s" in metrics[2]
+  assert result["loss"] == val[-1]["loss"] < np.log(65)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["vocab_size"] == 65
+  assert (tmp_path / "tb").is_dir() and (tmp_path / "tokenizer.json").is_file()
+
+
+def test_restore_gives_identical_params_and_next_losses(tmp_path):
+  trainer.train(tiny_config(), tmp_path)
+  logged = {m["step"]: m["loss"] for m in read_metrics(tmp_path) if m["split"] == "train"}
+
+  run = trainer.setup(tiny_config(), tmp_path)  # restores step 6 (the latest)
+  final = jax.device_get(run.state.params)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        run.state)
+  state = run.checkpoints.restore(3, target, run.data)  # rewinds the data iterator too
+  losses = {}
+  for step in (4, 5, 6):
+    state, metrics = run.train_step(state, run.to_global(next(run.data)))
+    losses[step] = float(metrics["loss"])
+  run.checkpoints.close()
+  assert losses[4] == logged[4] and losses[6] == logged[6]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), final)
