@@ -16,6 +16,7 @@ from ml_collections import config_dict
 
 from memzoo.errors import ConfigError
 from memzoo.models.layers import registry
+from memzoo.train import sharding
 
 # Model fields shared by all layers; a layer constructor parameter with one of these names is fed
 # from here rather than from the layer's own sub-config.
@@ -32,6 +33,8 @@ MODEL_FIELDS = dict(
     dtype="float32",  # compute dtype ("bfloat16" on accelerators)
     param_dtype="float32",
     aux_loss_coef=0.01,  # weight of layer auxiliary losses (e.g. MoM load balancing)
+    remat="none",  # none | full | dots_saveable: what each block keeps for the backward pass
+    scan_layers=False,  # nnx.scan over repeats of the mixer pattern: compile time flat in depth
 )
 
 
@@ -70,9 +73,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1,
       b1=0.9, b2=0.99, grad_clip=1.0, log_every=10, eval_every=250, eval_steps=20,
-      checkpoint_every=500, keep_checkpoints=3))
+      checkpoint_every=500, keep_checkpoints=3,
+      grad_accum_steps=1))  # the batch is split into this many micro-batches, grads summed
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))
+  # Device mesh: sizes per axis within a slice (-1 fills the remaining devices), across slices
+  # over the data-center network (dcn_*), and the logical-axis -> mesh-axis rules.
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1, fsdp=1, tensor=1, sequence=1,
+      dcn_data=1, dcn_fsdp=1, dcn_tensor=1, dcn_sequence=1,
+      rules=sharding.DEFAULT_RULES))
+
+  # Multi-host: jax.distributed.initialize before anything touches a device. Leave the fields
+  # None to let JAX detect them (TPU pods, SLURM); the JAX_COORDINATOR_ADDRESS environment
+  # variable also turns it on.
+  c.distributed = ml_collections.ConfigDict(dict(
+      enabled=False, coordinator_address=config_dict.placeholder(str),
+      num_processes=config_dict.placeholder(int), process_id=config_dict.placeholder(int)))
   return c
 
 

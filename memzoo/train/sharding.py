@@ -1,10 +1,15 @@
-"""Logical axis names -> mesh axes -> NamedShardings for parameters, optimizer state and batches."""
+"""Shardings of parameters, optimizer state and batches, from the logical-axis rules."""
 
 import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-# Logical name -> mesh axis (or tuple of axes, or None). Names not listed are replicated.
+from memzoo.models.partitioning import logical_to_spec
+
+# Logical name -> mesh axes; names not listed are replicated. `config.mesh.rules` overrides it.
+# Parameters: FSDP shards the model width over `fsdp`, tensor parallelism splits heads, the MLP
+# hidden width, the vocabulary and memory tables over `tensor`. Activations: the batch over the
+# data-parallel axes and, when the sequence axis is used, time over `sequence`.
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
     ("length", "sequence"),
@@ -14,27 +19,8 @@ DEFAULT_RULES = (
     ("kv_heads", "tensor"),
     ("vocab", "tensor"),
     ("memory", "tensor"),
+    ("layers", None),
 )
-
-
-def logical_to_spec(logical_axes, shape, rules, mesh) -> P:
-  """Maps logical axis names to a PartitionSpec; a dimension the mesh axes do not divide, or a
-  mesh axis already used by an earlier dimension, stays replicated."""
-  table = dict(rules)
-  used, spec = set(), []
-  for name, dim in zip(logical_axes, shape):
-    axes = table.get(name)
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    axes = tuple(a for a in axes if mesh.shape[a] > 1 and a not in used)
-    size = 1
-    for a in axes:
-      size *= mesh.shape[a]
-    if not axes or dim % size:
-      spec.append(None)
-      continue
-    used.update(axes)
-    spec.append(axes[0] if len(axes) == 1 else axes)
-  return P(*spec)
 
 
 def param_shardings(abstract_params: nnx.State, rules, mesh):
@@ -46,11 +32,9 @@ def param_shardings(abstract_params: nnx.State, rules, mesh):
   return jax.tree.map(sharding, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh, rules=DEFAULT_RULES) -> NamedSharding:
-  """`[B, T]` batches: batch over the data-parallel axes (time replicated unless sequence > 1)."""
-  table = dict(rules)
-  return NamedSharding(mesh, P(table["batch"], table.get("length") if mesh.shape["sequence"] > 1
-                               else None))
+def batch_sharding(mesh, rules) -> NamedSharding:
+  """`[B, T]` batches: rows over the data-parallel axes, time over `sequence` when it is used."""
+  return NamedSharding(mesh, logical_to_spec(("batch", "length"), None, rules, mesh))
 
 
 def replicated(mesh) -> NamedSharding:

@@ -35,23 +35,53 @@ def forward(graphdef: nnx.GraphDef, params: dict, batch: dict):
   return logits, aux_loss(model)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    aux_loss_coef: float, lr_schedule):
-  """`train_step(state, batch) -> (state, metrics)`; metrics are device scalars."""
+def micro_batches(batch: dict, count: int) -> dict:
+  """`[B, ...] -> [count, B / count, ...]`, micro-batch a holding rows a, a + count, ...: each
+  data-parallel shard keeps its own rows, so the split moves no data between devices."""
+  def split(x):
+    x = x.reshape(x.shape[0] // count, count, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
 
-  def loss_fn(params, batch):
-    logits, aux = forward(graphdef, params, batch)
-    stats = token_stats(logits, batch["targets"])
-    loss = stats["loss_sum"] / jnp.maximum(stats["count"], 1.0)
-    return loss + aux_loss_coef * aux, (loss, aux, stats)
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
+                    aux_loss_coef: float, lr_schedule, grad_accum_steps: int = 1):
+  """`train_step(state, batch) -> (state, metrics)`; metrics are device scalars.
+
+  The objective is the mean cross-entropy over the scored tokens of the whole batch plus
+  `aux_loss_coef` times the layers' auxiliary loss. With `grad_accum_steps > 1` the batch is run as
+  that many micro-batches under `lax.scan` and the gradient is the same sum, so it equals the
+  one-batch gradient up to float rounding.
+  """
+
+  def micro_step(params, batch, total_count):
+    def objective(params):
+      logits, aux = forward(graphdef, params, batch)
+      stats = token_stats(logits, batch["targets"])
+      return (stats["loss_sum"] / total_count + aux_loss_coef * aux / grad_accum_steps,
+              (stats, aux))
+    (_, (stats, aux)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return grads, stats, aux
 
   def train_step(state: TrainState, batch: dict):
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (loss, aux, stats)), grads = grad_fn(state.params, batch)
+    total_count = jnp.maximum(jnp.sum(batch["targets"] != IGNORE), 1).astype(jnp.float32)
+    if grad_accum_steps == 1:
+      grads, stats, aux = micro_step(state.params, batch, total_count)
+    else:
+      micro = micro_batches(batch, grad_accum_steps)
+
+      def accumulate(sums, one):
+        return jax.tree.map(jnp.add, sums, micro_step(state.params, one, total_count)), None
+
+      first = jax.tree.map(lambda x: x[0], micro)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                           jax.eval_shape(micro_step, state.params, first, total_count))
+      (grads, stats, aux), _ = jax.lax.scan(accumulate, zeros, micro)
+      aux = aux / grad_accum_steps  # reported as the mean over micro-batches
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "aux_loss": aux,
-               "accuracy": stats["correct"] / jnp.maximum(stats["count"], 1.0),
+    metrics = {"loss": stats["loss_sum"] / total_count, "aux_loss": aux,
+               "accuracy": stats["correct"] / total_count,
                "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state.step)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

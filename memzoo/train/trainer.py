@@ -4,6 +4,7 @@
   train:  loop (log one step late, eval, checkpoint) -> wait for the last save
 """
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -11,12 +12,13 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
 from memzoo.data import pipeline, tasks
 from memzoo.errors import ConfigError
 from memzoo.train import config as config_lib
-from memzoo.train import sharding
+from memzoo.train import distributed, report_setup, sharding
 from memzoo.train import state as state_lib
 from memzoo.train.checkpoint import Checkpointer
 from memzoo.train.mesh import make_mesh
@@ -43,6 +45,7 @@ class Run:
   workdir: Path
   task: Any
   mesh: Mesh
+  rules: tuple  # logical axis name -> mesh axes
   state: state_lib.TrainState  # restored from the latest checkpoint, or freshly initialised
   data: Any  # the grain train iterator, positioned to match `state`
   checkpoints: Checkpointer
@@ -51,15 +54,23 @@ class Run:
   eval_set: Any
   to_global: Callable  # process-local numpy batch -> global jax arrays
 
+  def context(self):
+    """The mesh and logical-axis rules layers see while the steps are traced."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nnx.logical_axis_rules(self.rules))
+    return stack
+
 
 def setup(config, workdir) -> Run:
+  distributed.maybe_initialize(config.distributed)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
 
   # Data: the task decides the vocabulary; its tokenizer is saved for sampling.
   task = tasks.build_task(config_lib.data_options(config))
   config = resolve(config, task)
-  if jax.process_index() == 0:
+  if distributed.is_writer():
     (workdir / "config.json").write_text(config_lib.to_json(config))
     if task.tokenizer is not None:
       (workdir / "tokenizer.json").write_text(task.tokenizer.to_json())
@@ -67,7 +78,7 @@ def setup(config, workdir) -> Run:
 
   # Mesh, and how batches are laid out on it.
   mesh = make_mesh(config.mesh)
-  rules = sharding.DEFAULT_RULES
+  rules = tuple((name, axes) for name, axes in config.mesh.rules)
   batch_sharding = sharding.batch_sharding(mesh, rules)
 
   def to_global(local_batch):
@@ -79,10 +90,13 @@ def setup(config, workdir) -> Run:
   graphdef, abstract_params = state_lib.abstract_model(config.model, config.seed)
   shardings = state_lib.state_shardings(abstract_params, tx, rules, mesh)
   train_step = jax.jit(
-      make_train_step(graphdef, tx, config.model.aux_loss_coef, lr_schedule(train_cfg)),
+      make_train_step(graphdef, tx, aux_loss_coef=config.model.aux_loss_coef,
+                      lr_schedule=lr_schedule(train_cfg),
+                      grad_accum_steps=train_cfg.grad_accum_steps),
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(graphdef), in_shardings=(shardings.params, batch_sharding))
+  abstract_state = state_lib.abstract_state(config.model, config.seed, tx, shardings)
 
   # Restore the latest checkpoint (model, optimizer, step, data position), or start afresh.
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -93,14 +107,23 @@ def setup(config, workdir) -> Run:
   if latest is None:
     state = state_lib.create(config.model, config.seed, tx, shardings)
   else:
-    target = state_lib.abstract_state(config.model, config.seed, tx, shardings)
-    state = checkpoints.restore(latest, target, data)
+    state = checkpoints.restore(latest, abstract_state, data)
 
   eval_set = pipeline.eval_dataset(task, "val", global_batch=train_cfg.batch_size,
                                    num_batches=train_cfg.eval_steps, seed=config.seed + 1,
                                    **process)
-  return Run(config, workdir, task, mesh, state, data, checkpoints, train_step, eval_step,
-             eval_set, to_global)
+  run = Run(config, workdir, task, mesh, rules, state, data, checkpoints, train_step, eval_step,
+            eval_set, to_global)
+
+  # Compile the train step ahead of time and report what it will cost per device.
+  example = task.examples("train")[0]
+  batch_shapes = {k: jax.ShapeDtypeStruct((train_cfg.batch_size, *np.shape(v)), np.int32,
+                                          sharding=batch_sharding) for k, v in example.items()}
+  with run.context():
+    run.train_step = train_step.lower(abstract_state, batch_shapes).compile()
+  if distributed.is_writer():
+    print(report_setup.describe(mesh, abstract_state, run.train_step), flush=True)
+  return run
 
 
 def evaluate(run: Run, params) -> dict:
@@ -118,7 +141,7 @@ def train(config, workdir) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last eval."""
   run = setup(config, workdir)
   train_cfg = run.config.train
-  is_writer = jax.process_index() == 0
+  is_writer = distributed.is_writer()
   state = run.state
   start = int(jax.device_get(state.step))
 
@@ -137,7 +160,7 @@ def train(config, workdir) -> dict:
     return metrics
 
   # Metrics of step s are fetched after step s+1 is dispatched: no host sync inside the loop.
-  with jax.set_mesh(run.mesh):
+  with run.context():
     for step in range(start + 1, train_cfg.steps + 1):
       state, metrics = run.train_step(state, run.to_global(next(run.data)))
       if pending is not None:
