@@ -7,7 +7,7 @@ def tiny_config(**model):
   """A 2-layer d=32 char model on 16-token windows of tiny Shakespeare; a few steps."""
   config = base_config()
   config.data.seq_len = 16
-  config.model.update(d_model=32, num_layers=2, num_heads=2, **model)
+  config.model.update({**dict(d_model=32, num_layers=2, num_heads=2), **model})
   config.train.update(steps=6, batch_size=4, warmup_steps=2, log_every=2, eval_every=3,
                       eval_steps=2, checkpoint_every=3)
   return config
