@@ -133,6 +133,19 @@ def block_visible(qt: Tokens, kt: Tokens, *, causal: bool, window: int | None) -
   return jnp.any(seen)
 
 
+def match_vma(tree, *refs):
+  """Marks the leaves of `tree` as varying over every manual mesh axis that a leaf of `refs` varies
+  over. Inside `shard_map` loop carries and `cond` branches must agree on it; elsewhere a no-op."""
+  varying = lambda x: jax.typeof(x).manual_axis_type.varying
+  axes = frozenset().union(*(varying(r) for r in jax.tree.leaves(refs)))
+
+  def cast(x):
+    missing = tuple(sorted(axes - varying(x)))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+  return jax.tree.map(cast, tree)
+
+
 def _logits(qb, kb, scale):
   return jnp.einsum("bqkgd,bskd->bkgqs", qb, kb, preferred_element_type=jnp.float32) * scale
 
@@ -178,6 +191,7 @@ def attend_chunk(state: Softmax, q, k, v, qt: Tokens, kt: Tokens, *, causal: boo
 
     return jax.lax.scan(per_key_block, s, (k, v, kt))[0]
 
+  state = match_vma(state, q, k, v, qt, kt)
   return jax.lax.map(per_query_block, (state, q, qt))
 
 
@@ -201,7 +215,8 @@ def attend_chunk_grads(q, k, v, do, lse, delta, qt: Tokens, kt: Tokens, *, causa
   Returns:
     `(dq [Nq, B, bq, K, G, D], dk [Nk, B, bk, K, D], dv [Nk, B, bk, K, Dv])`, float32.
   """
-  zeros_dq = jnp.zeros(q.shape[1:], jnp.float32)
+  inputs = (q, k, v, do, lse, delta, qt, kt)
+  zeros_dq = match_vma(jnp.zeros(q.shape[1:], jnp.float32), inputs)
 
   def per_key_block(dq, xs):
     kb, vb, ktb = xs
@@ -226,11 +241,13 @@ def attend_chunk_grads(q, k, v, do, lse, delta, qt: Tokens, kt: Tokens, *, causa
       visible = block_visible(qtb, ktb, causal=causal, window=window)
       return jax.lax.cond(visible, grads, lambda dkv: (dkv, zeros_dq), dkv)
 
-    zeros_dkv = (jnp.zeros(kb.shape, jnp.float32), jnp.zeros(vb.shape, jnp.float32))
+    zeros_dkv = match_vma((jnp.zeros(kb.shape, jnp.float32), jnp.zeros(vb.shape, jnp.float32)),
+                          inputs)
     dkv, dq_blocks = jax.lax.scan(per_query_block, zeros_dkv, (q, do, lse, delta, qt))
     return dq + dq_blocks, dkv
 
-  dq, (dk, dv) = jax.lax.scan(per_key_block, jnp.zeros(q.shape, jnp.float32), (k, v, kt))
+  zeros = match_vma(jnp.zeros(q.shape, jnp.float32), inputs)
+  dq, (dk, dv) = jax.lax.scan(per_key_block, zeros, (k, v, kt))
   return dq, dk, dv
 
 
