@@ -169,13 +169,12 @@ def ring_self_attention(q, k, v, *, mesh=None, axis_name: str = SEQUENCE_AXIS,
   balance = load_balance and causal and n > 1
   b, t = q.shape[:2]
   out_dim = sharded_dim(q, mesh, axis_name)
-  segment_ids = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids
-  positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   multiple = 2 * n if balance else n
-  # Padding forms its own segment after every real token, so nothing real sees it.
-  segment_ids = pad_time(segment_ids, multiple, jnp.max(segment_ids) + 1)
-  positions = pad_time(positions, multiple, t)
-  q, k, v = (pad_time(x, multiple) for x in (q, k, v))
+  if t % multiple:  # pad time; the padding forms its own segment, so nothing real sees it
+    segment_ids = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids
+    segment_ids = pad_time(segment_ids, multiple, jnp.max(segment_ids) + 1)
+    q, k, v = (pad_time(x, multiple) for x in (q, k, v))
+  positions = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), q.shape[:2])
 
   def local(q, k, v, segment_ids, positions):
     if balance:
