@@ -1,5 +1,7 @@
 """Multi-head softmax attention with RoPE and GQA: the baseline mixer."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -8,8 +10,11 @@ from memzoo.models.layers.base import Mixer
 from memzoo.models.layers.common import Dense
 from memzoo.models.layers.registry import register_mixer
 from memzoo.models.ops.attention import attention
+from memzoo.models.ops.ring_attention import (ring_self_attention, sharded_cache_attention,
+                                              sharded_cache_write)
 from memzoo.models.ops.rope import apply_rope
 from memzoo.models.ops.segments import segment_positions
+from memzoo.models.ops.sequence_parallel import sequence_parallel_size
 
 _UNWRITTEN = 2 ** 30  # position given to empty cache slots: later than any query, so masked
 
@@ -27,12 +32,18 @@ class Attention(Mixer):
     window: sliding-window size (None: full causal attention).
     impl: "naive", "blockwise", or "auto" (naive while the sequence fits in one key block).
     block_q, block_k: blockwise block sizes.
+    load_balance: zigzag reordering for causal ring attention.
+
+  Sequence parallelism: when the current mesh (`jax.set_mesh`) has a "sequence" axis of size > 1,
+  training calls run ring attention over it (ops/ring_attention.py) and decode calls keep the KV
+  cache sharded over it; no other code needs to know.
   """
 
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int | None = None,
                head_dim: int | None = None, *, rope_theta: float = 10000.0,
                window: int | None = None, impl: str = "auto", block_q: int = 512,
-               block_k: int = 512, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               block_k: int = 512, load_balance: bool = True, dtype=None,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     num_kv_heads = num_kv_heads or num_heads
     head_dim = head_dim or d_model // num_heads
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -45,6 +56,7 @@ class Attention(Mixer):
     self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
     self.rope_theta, self.window = rope_theta, window
     self.impl, self.block_q, self.block_k = impl, block_q, block_k
+    self.load_balance = load_balance
 
   def _qkv(self, x, positions):
     q = apply_rope(self.q_proj(x), positions, self.rope_theta)
@@ -61,7 +73,13 @@ class Attention(Mixer):
   def __call__(self, x, *, segment_ids=None):
     b, t, _ = x.shape
     q, k, v = self._qkv(x, segment_positions(segment_ids, b, t))
-    return self.o_proj(self._attend(q, k, v, segment_ids=segment_ids))
+    if sequence_parallel_size() > 1:
+      y = ring_self_attention(q, k, v, segment_ids=segment_ids, window=self.window,
+                              load_balance=self.load_balance, block_q=self.block_q,
+                              block_k=self.block_k)
+    else:
+      y = self._attend(q, k, v, segment_ids=segment_ids)
+    return self.o_proj(y)
 
   def init_state(self, batch_size: int, max_len: int):
     shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
@@ -74,12 +92,20 @@ class Attention(Mixer):
     pos = state["pos"]
     positions = jnp.broadcast_to(pos + jnp.arange(t, dtype=jnp.int32), (b, t))
     q, k, v = self._qkv(x, positions)
-    k_cache = jax.lax.dynamic_update_slice_in_dim(state["k"], k.astype(state["k"].dtype), pos, 1)
-    v_cache = jax.lax.dynamic_update_slice_in_dim(state["v"], v.astype(state["v"].dtype), pos, 1)
+    sharded = sequence_parallel_size() > 1  # the cache lives sharded over the sequence axis
+    write = sharded_cache_write if sharded else functools.partial(
+        jax.lax.dynamic_update_slice_in_dim, axis=1)
+    k_cache = write(state["k"], k.astype(state["k"].dtype), pos)
+    v_cache = write(state["v"], v.astype(state["v"].dtype), pos)
     slots = jnp.arange(k_cache.shape[1], dtype=jnp.int32)
     kv_positions = jnp.broadcast_to(jnp.where(slots < pos + t, slots, _UNWRITTEN),
                                     (b, slots.shape[0]))
-    y = self._attend(q, k_cache, v_cache, q_positions=positions, kv_positions=kv_positions)
+    if sharded:
+      y = sharded_cache_attention(q, k_cache, v_cache, q_positions=positions,
+                                  kv_positions=kv_positions, window=self.window,
+                                  block_q=self.block_q, block_k=self.block_k)
+    else:
+      y = self._attend(q, k_cache, v_cache, q_positions=positions, kv_positions=kv_positions)
     return self.o_proj(y), {"k": k_cache, "v": v_cache, "pos": pos + t}
 
   def step(self, x_t, state):

@@ -54,8 +54,7 @@ class Dense(nnx.Module):
                kernel_init=None, bias_init=nnx.initializers.zeros_init(), dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.in_shape, self.out_shape = _tuple(in_shape), _tuple(out_shape)
-    fan_in = math.prod(self.in_shape)
-    kernel_init = kernel_init or fan_in_init(fan_in)
+    kernel_init = kernel_init or fan_in_init(math.prod(self.in_shape))
     self.kernel = param(rngs, kernel_init, self.in_shape + self.out_shape, axes, param_dtype)
     self.bias = (param(rngs, bias_init, self.out_shape, axes[len(self.in_shape):], param_dtype)
                  if use_bias else None)

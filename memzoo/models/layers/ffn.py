@@ -5,6 +5,7 @@ from flax import nnx
 
 from memzoo.models.layers.common import SwiGLU
 from memzoo.models.layers.registry import register_ffn
+from memzoo.models.ops.blockwise_ffn import blockwise_feedforward
 
 
 def default_hidden(d_model: int, multiple: int = 64) -> int:
@@ -14,9 +15,19 @@ def default_hidden(d_model: int, multiple: int = 64) -> int:
 
 @register_ffn("swiglu")
 class SwiGLUFFN(SwiGLU):
-  """SwiGLU feed-forward; `mlp_dim=None` picks `default_hidden(d_model)`."""
+  """SwiGLU feed-forward; `mlp_dim=None` picks `default_hidden(d_model)`.
 
-  def __init__(self, d_model: int, mlp_dim: int | None = None, *, dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  `chunk_size`: apply it blockwise over time chunks of this many tokens under remat
+  (ops/blockwise_ffn.py), so the backward never holds `[B, T, mlp_dim]` activations; None: at once.
+  """
+
+  def __init__(self, d_model: int, mlp_dim: int | None = None, *, chunk_size: int | None = None,
+               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(d_model, mlp_dim or default_hidden(d_model), dtype=dtype,
                      param_dtype=param_dtype, rngs=rngs)
+    self.chunk_size = chunk_size
+
+  def __call__(self, x):
+    if self.chunk_size is not None and x.shape[1] > self.chunk_size:
+      return blockwise_feedforward(super().__call__, x, self.chunk_size)
+    return super().__call__(x)

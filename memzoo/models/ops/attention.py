@@ -1,12 +1,26 @@
-"""Softmax attention, `[batch, time, heads, dim]` layout, with GQA, causal / sliding-window masks and
-packed segments.
+"""Softmax attention, `[batch, time, heads, dim]` layout, with GQA, causal / sliding-window masks
+and packed segments.
 
-`impl="naive"` materialises the `[T, S]` score matrix; `impl="blockwise"` is the memory-efficient form
-(online softmax over key blocks) with the same semantics.
+`impl="naive"` materialises the `[T, S]` score matrix. `impl="blockwise"` is the memory-efficient
+form with the same semantics: online softmax over key blocks for each query block (Rabe & Staats
+2021; FlashAttention, Dao et al. 2022), and a custom VJP whose backward recomputes the probabilities
+block by block from the saved log-sum-exp (FlashAttention-2, Dao 2023, Alg. 2). Memory is
+O(T * block) instead of O(T * S); block pairs that the mask hides entirely are skipped.
+
+The blockwise building blocks (`Tokens`, `split_blocks`, `attend_chunk`, `attend_chunk_grads`, ...)
+are public so that ring attention (ops/ring_attention.py) runs the same machinery on each device.
+Blocked arrays put the block axis first: queries `[Nq, B, bq, K, G, D]` (K kv heads, G = H // K
+query heads per kv head), keys and values `[Nk, B, bk, K, D]`, per-query statistics
+`[Nq, B, K, G, bq]`.
 """
+
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from memzoo.models.ops.chunking import from_chunks, pad_time, to_chunks
 
 _MASKED = -1e30
 
@@ -50,6 +64,244 @@ def naive_attention(q, k, v, mask, scale):
   return out.reshape(b, t, h, v.shape[-1]).astype(q.dtype)
 
 
+# ------------------------------------------------------------------------------------------------
+# Blockwise machinery.
+
+
+class Tokens(NamedTuple):
+  """What the mask knows about the tokens of one side: each field `[B, L]` (or blocked `[N, B, C]`).
+
+  `valid` is False on padding, which neither sees nor is seen by anything.
+  """
+  positions: jnp.ndarray
+  segment_ids: jnp.ndarray | None
+  valid: jnp.ndarray
+
+
+def make_tokens(positions, segment_ids=None) -> Tokens:
+  return Tokens(positions, segment_ids, jnp.ones(positions.shape, bool))
+
+
+class Softmax(NamedTuple):
+  """Running online-softmax state of each query: max logit `m`, normaliser `l` (both `[..., bq]`)
+  and the unnormalised output `acc` (`[..., bq, Dv]`), all float32."""
+  m: jnp.ndarray
+  l: jnp.ndarray
+  acc: jnp.ndarray
+
+
+def split_blocks(x, block: int):
+  """`[B, L, ...] -> [ceil(L / block), B, block, ...]`, zero padded (Tokens pad `valid=False`)."""
+  return jax.tree.map(lambda a: to_chunks(pad_time(a, block), block), x)
+
+
+def merge_blocks(x, length: int):
+  """Inverse of `split_blocks`: `[N, B, block, ...] -> [B, length, ...]`."""
+  return jax.tree.map(lambda a: from_chunks(a)[:, :length], x)
+
+
+def token_mask(qt: Tokens, kt: Tokens, *, causal: bool, window: int | None) -> jnp.ndarray:
+  """`[B, Lq, Lk]` bool, `attention_mask` restricted to valid tokens."""
+  mask = attention_mask(qt.positions, kt.positions, causal=causal, window=window,
+                        q_segment_ids=qt.segment_ids, kv_segment_ids=kt.segment_ids)
+  return mask & qt.valid[:, :, None] & kt.valid[:, None, :]
+
+
+def _span(values, valid):
+  """Per-row min and max of `values [B, L]` over valid tokens."""
+  info = jnp.iinfo(values.dtype)
+  return (jnp.min(jnp.where(valid, values, info.max), axis=-1),
+          jnp.max(jnp.where(valid, values, info.min), axis=-1))
+
+
+def block_visible(qt: Tokens, kt: Tokens, *, causal: bool, window: int | None) -> jnp.ndarray:
+  """Scalar bool, False only if no query of `qt` sees any key of `kt` (so the pair can be skipped).
+
+  Conservative: it compares the ranges of positions and segment ids, which costs O(L), not O(L^2).
+  """
+  q_lo, q_hi = _span(qt.positions, qt.valid)
+  k_lo, k_hi = _span(kt.positions, kt.valid)
+  seen = jnp.any(qt.valid, axis=-1) & jnp.any(kt.valid, axis=-1)
+  if causal:
+    seen &= k_lo <= q_hi
+  if window is not None:
+    seen &= (q_lo - k_hi < window) & (k_lo - q_hi < window)
+  if qt.segment_ids is not None:
+    qs_lo, qs_hi = _span(qt.segment_ids, qt.valid)
+    ks_lo, ks_hi = _span(kt.segment_ids, kt.valid)
+    seen &= (qs_lo <= ks_hi) & (ks_lo <= qs_hi)
+  return jnp.any(seen)
+
+
+def match_vma(tree, *refs):
+  """Marks the leaves of `tree` as varying over every manual mesh axis that a leaf of `refs` varies
+  over. Inside `shard_map` loop carries and `cond` branches must agree on it; elsewhere a no-op."""
+  varying = lambda x: jax.typeof(x).manual_axis_type.varying
+  axes = frozenset().union(*(varying(r) for r in jax.tree.leaves(refs)))
+
+  def cast(x):
+    missing = tuple(sorted(axes - varying(x)))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+  return jax.tree.map(cast, tree)
+
+
+def _logits(qb, kb, scale):
+  return jnp.einsum("bqkgd,bskd->bkgqs", qb, kb, preferred_element_type=jnp.float32) * scale
+
+
+def init_softmax(q_blocks, dv: int) -> Softmax:
+  """The empty state for `q_blocks [Nq, B, bq, K, G, D]` and value width `dv`."""
+  n, b, bq, kh, g, _ = q_blocks.shape
+  stats = (n, b, kh, g, bq)
+  return Softmax(jnp.full(stats, _MASKED, jnp.float32), jnp.zeros(stats, jnp.float32),
+                 jnp.zeros(stats + (dv,), jnp.float32))
+
+
+def _softmax_update(s: Softmax, qb, kb, vb, mask, scale) -> Softmax:
+  """Folds one key block into the running softmax of one query block (FlashAttention-2, Alg. 1)."""
+  logits = jnp.where(mask, _logits(qb, kb, scale), _MASKED)
+  m = jnp.maximum(s.m, jnp.max(logits, axis=-1))
+  p = jnp.where(mask, jnp.exp(logits - m[..., None]), 0.0)
+  alpha = jnp.exp(s.m - m)
+  pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+  return Softmax(m, alpha * s.l + jnp.sum(p, axis=-1), alpha[..., None] * s.acc + pv)
+
+
+def attend_chunk(state: Softmax, q, k, v, qt: Tokens, kt: Tokens, *, causal: bool,
+                 window: int | None, scale: float) -> Softmax:
+  """Folds every key block of one chunk of keys into the running softmax of every query block.
+
+  Args:
+    state: `Softmax` of the query blocks (`init_softmax`, or the result of an earlier chunk).
+    q: `[Nq, B, bq, K, G, D]`; k, v: `[Nk, B, bk, K, D]`; qt, kt: blocked `Tokens`.
+  """
+  def per_query_block(xs):
+    s, qb, qtb = xs
+
+    def per_key_block(s, ys):
+      kb, vb, ktb = ys
+
+      def update(s):
+        mask = token_mask(qtb, ktb, causal=causal, window=window)[:, None, None]
+        return _softmax_update(s, qb, kb, vb, mask, scale)
+
+      visible = block_visible(qtb, ktb, causal=causal, window=window)
+      return jax.lax.cond(visible, update, lambda s: s, s), None
+
+    return jax.lax.scan(per_key_block, s, (k, v, kt))[0]
+
+  state = match_vma(state, q, k, v, qt, kt)
+  return jax.lax.map(per_query_block, (state, q, qt))
+
+
+def finish_softmax(state: Softmax):
+  """`(out [Nq, B, K, G, bq, Dv] f32, lse [Nq, B, K, G, bq])`; a query that saw nothing gets
+  out = 0 and lse = 0 (its probabilities are masked to zero in the backward anyway)."""
+  seen = state.l > 0
+  l = jnp.where(seen, state.l, 1.0)
+  return state.acc / l[..., None], jnp.where(seen, state.m + jnp.log(l), 0.0)
+
+
+def attend_chunk_grads(q, k, v, do, lse, delta, qt: Tokens, kt: Tokens, *, causal: bool,
+                       window: int | None, scale: float):
+  """Gradient contributions of one chunk of keys (FlashAttention-2 backward, Alg. 2).
+
+  Args:
+    q, k, v, qt, kt: blocked as in `attend_chunk`; do: `[Nq, B, bq, K, G, Dv]` output cotangent.
+    lse: `[Nq, B, K, G, bq]` final log-sum-exp of each query (`finish_softmax`).
+    delta: `[Nq, B, K, G, bq]`, `sum(do * out, -1)`.
+
+  Returns:
+    `(dq [Nq, B, bq, K, G, D], dk [Nk, B, bk, K, D], dv [Nk, B, bk, K, Dv])`, float32.
+  """
+  inputs = (q, k, v, do, lse, delta, qt, kt)
+  zeros_dq = match_vma(jnp.zeros(q.shape[1:], jnp.float32), inputs)
+
+  def per_key_block(dq, xs):
+    kb, vb, ktb = xs
+
+    def per_query_block(dkv, ys):
+      qb, dob, lseb, deltab, qtb = ys
+
+      def grads(dkv):
+        dk, dv = dkv
+        mask = token_mask(qtb, ktb, causal=causal, window=window)[:, None, None]
+        p = jnp.where(mask, jnp.exp(_logits(qb, kb, scale) - lseb[..., None]), 0.0)
+        dv = dv + jnp.einsum("bkgqs,bqkgd->bskd", p.astype(dob.dtype), dob,
+                             preferred_element_type=jnp.float32)
+        dp = jnp.einsum("bqkgd,bskd->bkgqs", dob, vb, preferred_element_type=jnp.float32)
+        ds = p * (dp - deltab[..., None]) * scale
+        dq_b = jnp.einsum("bkgqs,bskd->bqkgd", ds.astype(kb.dtype), kb,
+                          preferred_element_type=jnp.float32)
+        dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds.astype(qb.dtype), qb,
+                             preferred_element_type=jnp.float32)
+        return (dk, dv), dq_b
+
+      visible = block_visible(qtb, ktb, causal=causal, window=window)
+      return jax.lax.cond(visible, grads, lambda dkv: (dkv, zeros_dq), dkv)
+
+    zeros_dkv = match_vma((jnp.zeros(kb.shape, jnp.float32), jnp.zeros(vb.shape, jnp.float32)),
+                          inputs)
+    dkv, dq_blocks = jax.lax.scan(per_query_block, zeros_dkv, (q, do, lse, delta, qt))
+    return dq + dq_blocks, dkv
+
+  zeros = match_vma(jnp.zeros(q.shape, jnp.float32), inputs)
+  dq, (dk, dv) = jax.lax.scan(per_key_block, zeros, (k, v, kt))
+  return dq, dk, dv
+
+
+def output_delta(do_blocks, out_blocks) -> jnp.ndarray:
+  """`sum(do * out, -1)` in the statistics layout `[Nq, B, K, G, bq]` (FlashAttention-2's D)."""
+  delta = jnp.sum(do_blocks.astype(jnp.float32) * out_blocks.astype(jnp.float32), axis=-1)
+  return jnp.moveaxis(delta, 2, -1)
+
+
+def stats_to_tokens(out):
+  """`[Nq, B, K, G, bq, Dv] -> [Nq, B, bq, K, G, Dv]`, the query-block layout."""
+  return jnp.moveaxis(out, 4, 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _blockwise(q, k, v, qt, kt, causal, window, scale, block_q, block_k):
+  return _blockwise_fwd(q, k, v, qt, kt, causal, window, scale, block_q, block_k)[0]
+
+
+def _blockwise_fwd(q, k, v, qt, kt, causal, window, scale, block_q, block_k):
+  """`q [B, T, K, G, D]`, `k, v [B, S, K, D]` -> `out [B, T, K, G, Dv]` in q's dtype."""
+  qb, qtb = split_blocks((q, qt), block_q)
+  kb, vb, ktb = split_blocks((k, v, kt), block_k)
+  state = attend_chunk(init_softmax(qb, v.shape[-1]), qb, kb, vb, qtb, ktb, causal=causal,
+                       window=window, scale=scale)
+  out, lse = finish_softmax(state)
+  out = merge_blocks(stats_to_tokens(out), q.shape[1]).astype(q.dtype)
+  return out, (q, k, v, qt, kt, out, lse)
+
+
+def _blockwise_bwd(causal, window, scale, block_q, block_k, residuals, do):
+  q, k, v, qt, kt, out, lse = residuals
+  qb, qtb, dob, outb = split_blocks((q, qt, do, out), block_q)
+  kb, vb, ktb = split_blocks((k, v, kt), block_k)
+  dq, dk, dv = attend_chunk_grads(qb, kb, vb, dob, lse, output_delta(dob, outb), qtb, ktb,
+                                  causal=causal, window=window, scale=scale)
+  dq = merge_blocks(dq, q.shape[1]).astype(q.dtype)
+  dk, dv = merge_blocks((dk, dv), k.shape[1])
+  return dq, dk.astype(k.dtype), dv.astype(v.dtype), None, None
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def blockwise_attention(q, k, v, q_tokens: Tokens, kv_tokens: Tokens, *, causal: bool,
+                        window: int | None, scale: float, block_q: int, block_k: int):
+  """Blockwise attention on `q [B, T, H, D]`, `k, v [B, S, K, Dv]`; returns `[B, T, H, Dv]`."""
+  b, t, h, d = q.shape
+  kv_heads = k.shape[2]
+  qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
+  out = _blockwise(qg, k, v, q_tokens, kv_tokens, causal, window, scale, block_q, block_k)
+  return out.reshape(b, t, h, v.shape[-1])
+
+
 def attention(q, k, v, *, causal: bool = True, segment_ids=None, window: int | None = None,
               scale: float | None = None, impl: str = "naive", block_q: int = 512,
               block_k: int = 512, q_positions=None, kv_positions=None) -> jnp.ndarray:
@@ -63,7 +315,7 @@ def attention(q, k, v, *, causal: bool = True, segment_ids=None, window: int | N
     window: sliding window; a query sees the `window` most recent positions, itself included.
     scale: logit scale, default `D ** -0.5`.
     impl: "naive" (materialises scores) or "blockwise" (online softmax over key blocks).
-    block_q, block_k: block sizes of the blockwise form.
+    block_q, block_k: block sizes of the blockwise form (need not divide T or S).
     q_positions, kv_positions: `[B, T]` / `[B, S]` absolute positions used by the causal and window
       masks (default `arange`); a decode step passes its cache positions here.
 
@@ -72,6 +324,9 @@ def attention(q, k, v, *, causal: bool = True, segment_ids=None, window: int | N
   """
   if q.shape[2] % k.shape[2]:
     raise ValueError(f"query heads {q.shape[2]} not a multiple of kv heads {k.shape[2]}")
+  if segment_ids is not None and q.shape[1] != k.shape[1]:
+    raise ValueError(f"segment_ids need self-attention (T == S), got T={q.shape[1]} "
+                     f"S={k.shape[1]}; drop segment_ids or pass equal lengths")
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   q_positions = _default_positions(q, q_positions)
   kv_positions = _default_positions(k, kv_positions)
@@ -79,4 +334,10 @@ def attention(q, k, v, *, causal: bool = True, segment_ids=None, window: int | N
     mask = attention_mask(q_positions, kv_positions, causal=causal, window=window,
                           q_segment_ids=segment_ids, kv_segment_ids=segment_ids)
     return naive_attention(q, k, v, mask, scale)
+  if impl == "blockwise":
+    if block_q < 1 or block_k < 1:
+      raise ValueError(f"block_q={block_q}, block_k={block_k}: block sizes must be >= 1")
+    return blockwise_attention(q, k, v, make_tokens(q_positions, segment_ids),
+                               make_tokens(kv_positions, segment_ids), causal=causal,
+                               window=window, scale=scale, block_q=block_q, block_k=block_k)
   raise ValueError(f"unknown attention impl {impl!r}; use 'naive' or 'blockwise'")
