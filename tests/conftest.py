@@ -19,8 +19,8 @@ def run_with_devices(code: str, devices: int = 8, timeout: int = 600, env: dict 
 
   The code should `assert` what it checks; a non-zero exit fails the calling test with stderr.
   """
-  full_env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT),
-                  XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+  full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT),
+              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
   proc = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True,
                         timeout=timeout, cwd=REPO_ROOT)
   assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
