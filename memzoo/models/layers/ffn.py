@@ -20,3 +20,15 @@ class SwiGLUFFN(SwiGLU):
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(d_model, mlp_dim or default_hidden(d_model), dtype=dtype,
                      param_dtype=param_dtype, rngs=rngs)
+
+
+@register_ffn("identity")
+class IdentityFFN(nnx.Module):
+  """Zoology's MQAR models' `Identity` state mixer (Arora et al. 2023, Figure 2: no MLP). It returns
+  its normed input, so the block adds norm(x) to the residual stream, as Zoology's blocks do."""
+
+  def __init__(self, d_model: int, *, rngs: nnx.Rngs):
+    del d_model, rngs
+
+  def __call__(self, x):
+    return x
