@@ -6,6 +6,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memzoo.data import corpus, pipeline, tasks
 from memzoo.errors import ConfigError
@@ -62,6 +64,27 @@ def test_mqar_invariants(random_non_queries):
   if random_non_queries:  # the filler is random tokens over the whole vocabulary
     fill = np.concatenate([task.examples("train")[i]["inputs"][2 * n:] for i in range(50)])
     assert len(np.unique(fill)) > 50
+
+
+@settings(max_examples=15, deadline=None)
+@given(pairs=st.integers(1, 6), passes=st.integers(1, 2), extra_slots=st.integers(0, 6),
+       extra_vocab=st.integers(1, 40), index=st.integers(0, 10**6))
+def test_mqar_invariants_for_any_shape(pairs, passes, extra_slots, extra_vocab, index):
+  context = 2 * pairs * passes
+  t = context + 2 * (pairs + extra_slots)
+  v = t + extra_vocab
+  task = build(task="mqar", vocab_size=v, seq_len=t, num_kv_pairs=pairs, num_passes=passes,
+               random_non_queries=False)
+  ex = task.example("train", index)
+  x, y = ex["inputs"], ex["targets"]
+  keys, values = x[0:2 * pairs:2], x[1:2 * pairs:2]
+  assert len(set(keys)) == len(set(values)) == pairs
+  assert keys.min() >= 1 and keys.max() < v // 2 <= values.min() and values.max() < v
+  np.testing.assert_array_equal(x[:context], np.tile(x[:2 * pairs], passes))
+  queries = scored(ex)
+  assert len(queries) == pairs and np.all((queries - context) % 2 == 0) and queries.min() >= context
+  assert [y[q] for q in queries] == [dict(zip(keys, values))[x[q]] for q in queries]
+  assert np.count_nonzero(x[context:]) == pairs  # only the queries; the filler is 0
 
 
 def test_mqar_query_slots_follow_the_power_law():

@@ -90,6 +90,8 @@ def metric_vs(rows: list[dict], x: str, y: str, group: list[str], facet: list[st
       ax.set_xticks(np.arange(len(categories)), categories, rotation=30, ha="right")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel(y)
+  if "accuracy" in y:
+    axes[0][0].set_ylim(-0.02, 1.02)
   if group:
     axes[0][-1].legend(fontsize=7, title=",".join(group), loc="upper left",
                        bbox_to_anchor=(1.02, 1))

@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 from memzoo.errors import UserError
@@ -63,10 +64,15 @@ def final_metrics(records: list[dict]) -> dict:
   return final
 
 
+def _natural(path: Path) -> list:
+  """Sorts `seq_len=64` before `seq_len=128`."""
+  return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 def find_runs(root: Path) -> list[Path]:
   """The directories under `root` (itself included) that hold a run's config.json."""
-  return sorted(p.parent for p in root.rglob("config.json")
-                if "checkpoints" not in p.relative_to(root).parts)
+  return sorted((p.parent for p in root.rglob("config.json")
+                 if "checkpoints" not in p.relative_to(root).parts), key=_natural)
 
 
 def collect(root: Path, with_state_size: bool = False) -> tuple[list[dict], dict[str, list]]:
