@@ -80,7 +80,10 @@ def collect(root: Path, with_state_size: bool = False) -> tuple[list[dict], dict
   rows, curves = [], {}
   for run_dir in find_runs(root):
     name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
-    config = json.loads((run_dir / "config.json").read_text())
+    try:
+      config = json.loads((run_dir / "config.json").read_text())
+    except json.JSONDecodeError as e:
+      raise UserError(f"{run_dir / 'config.json'}: not valid JSON ({e})") from None
     records = read_metrics(run_dir / "metrics.jsonl")
     fields = {k: value_label(v) if isinstance(v, list) else v for k, v in flatten(config).items()}
     metrics = final_metrics(records)

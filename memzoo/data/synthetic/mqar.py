@@ -3,7 +3,7 @@
 Arora, Eyuboglu et al. 2023, "Zoology: Measuring and improving recall in efficient language
 models", §3.1 and `zoology/data/multiquery_ar.py`. With N pairs, vocabulary V and length T:
 
-  inputs   k1 v1 k2 v2 ... kN vN | . . ki . . . kj . . . . kl . .     (query region: T - 2N tokens)
+  inputs   k1 v1 k2 v2 ... kN vN | . . ki . . . kj . . . . kl . .   (query region: T - 2N tokens)
   targets  -100 everywhere except the position of each query key, which holds that key's value
 
 * keys are drawn without replacement from [1, V/2), values without replacement from [V/2, V);
