@@ -112,14 +112,20 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tuples(json.loads(text)))
 
 
-def load_file(path: str) -> ml_collections.ConfigDict:
-  """Runs `get_config()` from a Python config file."""
+def load_module(path: str) -> types.ModuleType:
+  """Executes a Python config file and returns it as a module (its `get_config`, `get_sweep`)."""
   file = Path(path)
   if not file.is_file():
     raise ConfigError("--config", f"no such config file {path!r}", "pass a path to a .py config")
   module = types.ModuleType(file.stem)
   module.__file__ = str(file)
   exec(compile(file.read_text(), str(file), "exec"), module.__dict__)
+  return module
+
+
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """Runs `get_config()` from a Python config file."""
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError("--config", f"{path!r} defines no get_config()", "add get_config()")
   return module.get_config()

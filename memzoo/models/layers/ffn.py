@@ -31,3 +31,15 @@ class SwiGLUFFN(SwiGLU):
     if self.chunk_size is not None and x.shape[1] > self.chunk_size:
       return blockwise_feedforward(super().__call__, x, self.chunk_size)
     return super().__call__(x)
+
+
+@register_ffn("identity")
+class IdentityFFN(nnx.Module):
+  """Zoology's MQAR models' `Identity` state mixer (Arora et al. 2023, Figure 2: no MLP). It returns
+  its normed input, so the block adds norm(x) to the residual stream, as Zoology's blocks do."""
+
+  def __init__(self, d_model: int, *, rngs: nnx.Rngs):
+    del d_model, rngs
+
+  def __call__(self, x):
+    return x
