@@ -62,7 +62,12 @@ def _as_dtype(value):
 
 def build(kind: str, name: str, model_cfg: Mapping[str, Any], *, rngs: nnx.Rngs):
   """Instantiates the registered `kind` layer `name` from the model config (see module doc)."""
-  cls = lookup(kind, name)
+  return construct(lookup(kind, name), name, model_cfg, rngs=rngs)
+
+
+def construct(cls: type, name: str, model_cfg: Mapping[str, Any], *, rngs: nnx.Rngs, **fixed):
+  """`build` for a class the caller names itself (e.g. the backbone's Engram), with options from
+  `model_cfg.<name>`; `fixed` arguments are set by the caller, not by the config."""
   accepted = constructor_options(cls)
   kwargs = {k: model_cfg[k] for k in accepted if k in model_cfg}
   options = model_cfg.get(name) or {}
@@ -74,4 +79,4 @@ def build(kind: str, name: str, model_cfg: Mapping[str, Any], *, rngs: nnx.Rngs)
   for key in ("dtype", "param_dtype"):
     if key in kwargs:
       kwargs[key] = _as_dtype(kwargs[key])
-  return cls(**kwargs, rngs=rngs)
+  return cls(**{**kwargs, **fixed}, rngs=rngs)
