@@ -24,6 +24,11 @@ from memzoo.models.ops.ngram_hash import (PAD_TOKEN, hash_multipliers, ngram_has
                                           token_windows)
 
 
+def _frozen(a: np.ndarray):
+  """An integer array as nested tuples: hashable, so NNX keeps it in the graph definition."""
+  return tuple(_frozen(v) for v in a) if np.ndim(a) else int(a)
+
+
 class Engram(nnx.Module):
   """Hashed n-gram embeddings gated by the hidden state.
 
@@ -46,14 +51,14 @@ class Engram(nnx.Module):
       raise ValueError(f"max_ngram={max_ngram} must be >= 2 (bigrams are the shortest n-grams)")
     if ngram_dim % ngram_heads:
       raise ValueError(f"ngram_dim={ngram_dim} must be divisible by ngram_heads={ngram_heads}")
-    # Static hash constants (tuples of ints, part of the graph definition, never trained).
+    # Static hash constants (part of the graph definition, never trained), one entry per order.
     self.orders = tuple(range(2, max_ngram + 1))
-    self.multipliers = tuple(tuple(int(m) for m in hash_multipliers(n, hash_seed, layer_index))
+    self.multipliers = tuple(_frozen(hash_multipliers(n, ngram_heads, hash_seed, layer_index))
                              for n in self.orders)
     primes = primes_from(table_size or 5 * vocab_size, len(self.orders) * ngram_heads)
-    offsets = np.cumsum(primes) - primes  # where each head's rows start in the shared table
-    per_order = lambda a: tuple(tuple(int(v) for v in row) for row in a.reshape(-1, ngram_heads))
-    self.primes, self.offsets = per_order(primes), per_order(offsets)
+    offsets = np.cumsum(primes) - primes  # where each head's rows start in the one table
+    self.primes = _frozen(primes.reshape(len(self.orders), ngram_heads))
+    self.offsets = _frozen(offsets.reshape(len(self.orders), ngram_heads))
     self.num_rows = int(primes.sum())
     self.table = param(rngs, nnx.initializers.normal(1.0),
                        (self.num_rows, ngram_dim // ngram_heads), ("memory", None), param_dtype,
@@ -83,7 +88,8 @@ class Engram(nnx.Module):
     e = jnp.take(self.table[...], rows, axis=0, mode="clip")  # [B, T, orders*heads, head_dim]
     e = e.reshape(*rows.shape[:2], -1)
     k, h = self.key_norm(self.key(e)), self.hidden_norm(x)
-    s = jnp.sum(k.astype(jnp.float32) * h.astype(jnp.float32), -1, keepdims=True)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    s = jnp.sum(k.astype(acc) * h.astype(acc), -1, keepdims=True)
     s = s / h.shape[-1] ** 0.5
     gate = jax.nn.sigmoid(jnp.sign(s) * jnp.sqrt(jnp.maximum(jnp.abs(s), 1e-6)))
     v = gate.astype(x.dtype) * self.value(e)

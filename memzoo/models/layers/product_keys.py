@@ -46,7 +46,7 @@ class ProductKeyRouter(nnx.Module):
     return self.n_keys ** 2
 
   def __call__(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """`x [..., d] -> (weights [..., H, k] float32, slots [..., H, k] int32)`."""
+    """`x [..., d] -> (weights [..., H, k] float32 (or wider), slots [..., H, k] int32)`."""
     q = self.query_norm(self.query(x))  # [..., H, 2, k_dim/2]
     q = q.reshape(*q.shape[:-2], self.k_dim)
     scores, slots = product_key_search(q, l2_norm(self.keys[...]), self.topk)

@@ -1,10 +1,12 @@
 """Multi-head n-gram hashing for Engram (DeepSeek 2026, "Conditional Memory via Scalable Lookup").
 
-The n-gram ending at token t, `(x_{t-n+1}, ..., x_t)`, is mixed into one 32-bit word by a
-multiplicative XOR hash, `w = XOR_j (x_{t-j} * m_{n,j}) mod 2^32` with odd multipliers `m`, and
-head h reads row `w mod p_{n,h}` of its own table, `p_{n,h}` a distinct prime. Two n-grams that collide in
-one head rarely collide in all of them. Everything here is a pure function of integers: the hash
-of a token sequence never depends on the device, the dtype or the library version.
+Head h of order n mixes the n-gram ending at token t, `(x_{t-n+1}, ..., x_t)`, into a 32-bit word
+by a multiplicative XOR hash, `w_h = XOR_j (x_{t-j} * m_{h,j}) mod 2^32` with odd multipliers `m`,
+and reads row `w_h mod p_h` of its own table, `p_h` a distinct prime. Each head has its own
+multipliers, so heads hash independently: two n-grams share their rows in every head with
+probability about `prod_h 1/p_h` (one word shared by all heads would cap that at 2^-32).
+Everything here is a pure function of integers: the rows of a token sequence never depend on the
+device, the dtype or the library version.
 """
 
 import math
@@ -26,13 +28,14 @@ def _splitmix64(x: int) -> int:
   return z ^ (z >> 31)
 
 
-def hash_multipliers(order: int, *seeds: int) -> np.ndarray:
-  """`[order]` odd uint32 multipliers for n-grams of length `order`, a fixed function of `order`
-  and the non-negative `seeds` (e.g. a config seed and the layer index)."""
-  state = order
+def hash_multipliers(order: int, heads: int, *seeds: int) -> np.ndarray:
+  """`[heads, order]` odd uint32 multipliers for n-grams of length `order`, a fixed function of
+  `(order, heads)` and the non-negative `seeds` (e.g. a config seed and the layer index)."""
+  state = _splitmix64(order)
   for seed in seeds:
     state = _splitmix64(state ^ seed)
-  return np.array([(_splitmix64(state + j) & 0xFFFFFFFF) | 1 for j in range(order)], np.uint32)
+  words = [_splitmix64(state + i) & 0xFFFFFFFF for i in range(heads * order)]
+  return np.array(words, np.uint32).reshape(heads, order) | np.uint32(1)
 
 
 def is_prime(n: int) -> bool:
@@ -84,17 +87,18 @@ def ngram_hash(windows: jnp.ndarray, multipliers, primes) -> jnp.ndarray:
 
   Args:
     windows: `[..., n]` int tokens, `windows[..., j]` j steps back (see `token_windows`).
-    multipliers: `[n]` odd uint32 (`hash_multipliers`), a static array or sequence.
+    multipliers: `[heads, n]` odd uint32 (`hash_multipliers`), a static array or sequence.
     primes: `[heads]` table sizes, each < 2^31, a static array or sequence.
 
   Returns:
-    `[..., heads]` int32 rows, `(XOR_j windows[..., j] * multipliers[j] mod 2^32) mod primes`.
+    `[..., heads]` int32: `(XOR_j windows[..., j] * multipliers[h, j] mod 2^32) mod primes[h]`.
   """
-  words = windows.astype(jnp.uint32) * jnp.asarray(multipliers, jnp.uint32)  # wraps mod 2^32
+  multipliers = jnp.asarray(multipliers, jnp.uint32)
+  words = windows.astype(jnp.uint32)[..., None, :] * multipliers  # [..., heads, n], wraps mod 2^32
   mixed = words[..., 0]
-  for j in range(1, words.shape[-1]):
+  for j in range(1, multipliers.shape[-1]):
     mixed = mixed ^ words[..., j]
-  return (mixed[..., None] % jnp.asarray(primes, jnp.uint32)).astype(jnp.int32)
+  return (mixed % jnp.asarray(primes, jnp.uint32)).astype(jnp.int32)
 
 
 def expected_collision_rate(num_ngrams: int, rows: int) -> float:

@@ -10,6 +10,11 @@ import jax
 import jax.numpy as jnp
 
 
+def _accumulator(*arrays) -> jnp.dtype:
+  """float32 for low-precision inputs, float64 when an input is float64."""
+  return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
 def product_topk(scores_a: jnp.ndarray, scores_b: jnp.ndarray,
                  k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Exact top-k of `scores_a[i] + scores_b[j]` over all `n_a * n_b` pairs.
@@ -49,20 +54,21 @@ def product_key_search(queries: jnp.ndarray, keys: jnp.ndarray,
     k: slots per head.
 
   Returns:
-    `(scores [..., H, k] float32, slots [..., H, k] int32)` with slots in `[0, n^2)`.
+    `(scores [..., H, k] (float32 or wider), slots [..., H, k] int32)`, slots in `[0, n^2)`.
   """
   heads, halves, _, half_dim = keys.shape
   if halves != 2 or queries.shape[-2:] != (heads, 2 * half_dim):
     raise ValueError(f"product_key_search: queries {queries.shape} need trailing dims "
                      f"({heads}, {2 * half_dim}) to match keys {keys.shape} = [H, 2, n, Dk/2]")
   q_a, q_b = jnp.split(queries, 2, axis=-1)
+  acc = _accumulator(queries, keys)
   score = lambda q, kk: jnp.einsum("...hd,hnd->...hn", q, kk.astype(q.dtype),
-                                   preferred_element_type=jnp.float32)
+                                   preferred_element_type=acc)
   return product_topk(score(q_a, keys[:, 0]), score(q_b, keys[:, 1]), k)
 
 
 def weighted_gather(table: jnp.ndarray, rows: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
-  """`out[...] = sum_k weights[..., k] * table[rows[..., k]]`, accumulated in float32.
+  """`out[...] = sum_k weights[..., k] * table[rows[..., k]]`, accumulated in float32 (or wider).
 
   Written as gather, multiply and sum so that XLA fuses it into one reduction (no `[..., K, D]`
   intermediate, no one-hot); its gradient wrt `table` is a scatter-add, so repeated rows accumulate.
@@ -73,14 +79,15 @@ def weighted_gather(table: jnp.ndarray, rows: jnp.ndarray, weights: jnp.ndarray)
     weights: `[..., K]`.
 
   Returns:
-    `[..., D]` float32.
+    `[..., D]` in the accumulation dtype.
   """
-  picked = jnp.take(table, rows, axis=0, mode="clip").astype(jnp.float32)  # [..., K, D]
-  return jnp.sum(picked * weights.astype(jnp.float32)[..., None], axis=-2)
+  acc = _accumulator(table, weights)
+  picked = jnp.take(table, rows, axis=0, mode="clip").astype(acc)  # [..., K, D]
+  return jnp.sum(picked * weights.astype(acc)[..., None], axis=-2)
 
 
 def gathered_dot(table: jnp.ndarray, rows: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
-  """`out[..., k] = table[rows[..., k]] . x[...]`, accumulated in float32.
+  """`out[..., k] = table[rows[..., k]] . x[...]`, accumulated in float32 (or wider).
 
   Args:
     table: `[N, D]`.
@@ -88,7 +95,8 @@ def gathered_dot(table: jnp.ndarray, rows: jnp.ndarray, x: jnp.ndarray) -> jnp.n
     x: `[..., D]`.
 
   Returns:
-    `[..., K]` float32.
+    `[..., K]` in the accumulation dtype.
   """
-  picked = jnp.take(table, rows, axis=0, mode="clip").astype(jnp.float32)  # [..., K, D]
-  return jnp.sum(picked * x.astype(jnp.float32)[..., None, :], axis=-1)
+  acc = _accumulator(table, x)
+  picked = jnp.take(table, rows, axis=0, mode="clip").astype(acc)  # [..., K, D]
+  return jnp.sum(picked * x.astype(acc)[..., None, :], axis=-1)
