@@ -61,7 +61,8 @@ def test_collision_rate_matches_the_analytic_rate(vocab, order, size):
     occupancy = np.bincount(rows[:, head], minlength=prime)
     measured = np.mean(occupancy[rows[:, head]] >= 2)
     rate = expected_collision_rate(len(grams), prime)
-    assert abs(measured - rate) < 6 * np.sqrt(rate * (1 - rate) / len(grams)), (head, measured, rate)
+    sigma = np.sqrt(rate * (1 - rate) / len(grams))
+    assert abs(measured - rate) < 6 * sigma, (head, measured, rate)
   # Heads hash independently: sharing rows in all 4 heads has probability ~ 1/size^4, i.e. never.
   assert len(np.unique(rows, axis=0)) == len(grams)
 

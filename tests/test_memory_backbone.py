@@ -1,5 +1,5 @@
-"""LanguageModel with memory_layers / engram_layers: trains, decodes like it trains, shares one value
-table correctly, and rejects bad configs."""
+"""LanguageModel with memory_layers / engram_layers: trains, decodes like it trains, shares one
+value table correctly, and rejects bad configs."""
 
 import functools
 

@@ -25,7 +25,8 @@ def _layer(name, dtype=jnp.float64, **options):
 
 def _reference_slots(router, x):
   """Scores every one of the n_keys^2 slots with the full product key; brute-force top-k."""
-  q = jnp.einsum("...d,dhcf->...hcf", x, router["query"]["kernel"][...]) + router["query"]["bias"][...]
+  query = router["query"]
+  q = jnp.einsum("...d,dhcf->...hcf", x, query["kernel"][...]) + query["bias"][...]
   q = q / jnp.sqrt(jnp.mean(q * q, -1, keepdims=True) + 1e-6) * router["query_norm"]["scale"][...]
   keys = router["keys"][...]
   keys = keys / jnp.sqrt(jnp.sum(keys * keys, -1, keepdims=True) + 1e-6)

@@ -81,7 +81,8 @@ def test_weighted_gather_and_its_gradients_equal_a_dense_one_hot_reference():
   rng = np.random.default_rng(0)
   table, weights = rng.normal(size=(11, 5)), rng.normal(size=(3, 4, 6))
   rows = _repeated_rows(rng, 11, (3, 4, 6))
-  dense = lambda t, r, w: jnp.einsum("...kn,...k,nd->...d", jax.nn.one_hot(r, t.shape[0], dtype=t.dtype), w, t)
+  one_hot = lambda r, t: jax.nn.one_hot(r, t.shape[0], dtype=t.dtype)
+  dense = lambda t, r, w: jnp.einsum("...kn,...k,nd->...d", one_hot(r, t), w, t)
   _check_against_dense(weighted_gather, dense, (table, rows, weights))
 
 
@@ -89,7 +90,8 @@ def test_gathered_dot_and_its_gradients_equal_a_dense_one_hot_reference():
   rng = np.random.default_rng(1)
   table, x = rng.normal(size=(9, 5)), rng.normal(size=(3, 4, 5))
   rows = _repeated_rows(rng, 9, (3, 4, 6))
-  dense = lambda t, r, v: jnp.einsum("...kn,nd,...d->...k", jax.nn.one_hot(r, t.shape[0], dtype=t.dtype), t, v)
+  one_hot = lambda r, t: jax.nn.one_hot(r, t.shape[0], dtype=t.dtype)
+  dense = lambda t, r, v: jnp.einsum("...kn,nd,...d->...k", one_hot(r, t), t, v)
   _check_against_dense(gathered_dot, dense, (table, rows, x))
 
 

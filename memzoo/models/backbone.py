@@ -122,7 +122,7 @@ class LanguageModel(nnx.Module):
     return first.new_value_table(rngs)
 
   def _values(self, i: int):
-    """The shared table for block i (None unless block i is a memory layer and a table is shared)."""
+    """The shared table for block i (None unless block i is a memory layer sharing a table)."""
     return self.memory_values if i in self.memory_layers else None
 
   def _embed(self, tokens):

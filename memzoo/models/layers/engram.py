@@ -89,8 +89,7 @@ class Engram(nnx.Module):
     e = e.reshape(*rows.shape[:2], -1)
     k, h = self.key_norm(self.key(e)), self.hidden_norm(x)
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    s = jnp.sum(k.astype(acc) * h.astype(acc), -1, keepdims=True)
-    s = s / h.shape[-1] ** 0.5
+    s = jnp.sum(k.astype(acc) * h.astype(acc), -1, keepdims=True) / h.shape[-1] ** 0.5
     gate = jax.nn.sigmoid(jnp.sign(s) * jnp.sqrt(jnp.maximum(jnp.abs(s), 1e-6)))
     v = gate.astype(x.dtype) * self.value(e)
     conv, conv_state = self.conv(self.conv_norm(v), segment_ids=segment_ids, state=conv_state)
