@@ -10,7 +10,7 @@ from flax import nnx
 
 from memzoo.models.layers import registry
 from memzoo.models.layers.common import DEFAULT_GROUP, MEMORY_VALUES, optimizer_groups
-from memzoo.models.ops.memory_usage import find_reads, memory_usage, slot_counts
+from memzoo.models.ops.memory_usage import find_reads, memory_usage, slot_counts, usage_stats
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow:DeprecationWarning")
 
@@ -108,6 +108,19 @@ def test_reads_are_sown_with_the_slots_that_were_read(name):
   np.testing.assert_array_equal(slot_counts(read), counts)
   stats = memory_usage(read)
   np.testing.assert_allclose(stats["fraction_read"], np.mean(counts > 0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("counts,expected", [
+    (np.ones(16), dict(fraction_read=1.0, slot_entropy=1.0, key_entropy=1.0)),  # uniform
+    (np.eye(16)[5] * 7, dict(fraction_read=1 / 16, slot_entropy=0.0, key_entropy=0.0)),
+    # Only sub-key i = 1 of the first half, all four of the second: log 4 / log 16 = 1/2.
+    (np.r_[np.zeros(4), np.ones(4), np.zeros(8)],
+     dict(fraction_read=0.25, slot_entropy=0.5, key_entropy=0.5)),
+])
+def test_usage_stats_of_known_read_patterns(counts, expected):
+  stats = usage_stats(jnp.asarray(counts, jnp.int32), n_keys=4)
+  for name, value in expected.items():
+    np.testing.assert_allclose(stats[name], value, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("name,tagged", [("pkm", {"values"}), ("peer", {"down", "up"})])
