@@ -85,9 +85,9 @@ def test_prefill_then_steps_equal_forward_with_memory_and_engram():
   np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
 
 
-def test_shared_table_equals_per_layer_copies_and_collects_their_gradients():
-  shared = _model(**MEMORY)
-  copies = _model(**{**MEMORY, "memory_share_values": False})
+def test_shared_table_is_owned_by_the_model_and_read_by_every_memory_layer():
+  shared = _model(memory_layers=(0, 1), memory_share_values=True)
+  copies = _model(memory_layers=(0, 1))
   assert all(shared.blocks[i].ffn.values is None for i in (0, 1))
   params = nnx.to_pure_dict(nnx.state(shared, nnx.Param))
   table = params.pop("memory_values")
@@ -96,21 +96,15 @@ def test_shared_table_equals_per_layer_copies_and_collects_their_gradients():
   copied = nnx.state(copies, nnx.Param)
   nnx.replace_by_pure_dict(copied, params)
   nnx.update(copies, copied)
+  # Equal logits: both layers of the shared model read the model's table (each copy reads its own
+  # copy of it). Its gradient then sums both layers' (one parameter used twice).
   tokens = _tokens((2, 9), seed=2)
-  cotangent = jax.random.normal(jax.random.key(3), (2, 9, BASE["vocab_size"]))
 
-  def logits_and_grads(model):
+  def logits(model):
     graphdef, state = nnx.split(model)
-    def loss(state):
-      logits = nnx.merge(graphdef, state)(tokens)
-      return jnp.sum(logits * cotangent), logits
-    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
-    return logits, grads
+    return jax.jit(lambda s: nnx.merge(graphdef, s)(tokens))(state)
 
-  (logits, g_shared), (logits_copies, g_copies) = map(logits_and_grads, (shared, copies))
-  np.testing.assert_allclose(logits, logits_copies, rtol=1e-5, atol=1e-6)
-  per_layer = sum(g_copies["blocks"][i]["ffn"]["values"][...] for i in (0, 1))
-  np.testing.assert_allclose(g_shared["memory_values"][...], per_layer, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(logits(shared), logits(copies), rtol=1e-5, atol=1e-6)
   assert optimizer_groups(nnx.state(shared, nnx.Param))["memory_values"] == MEMORY_VALUES
 
 

@@ -36,11 +36,11 @@ def product_topk(scores_a: jnp.ndarray, scores_b: jnp.ndarray,
     raise ValueError(f"product_topk: k={k} must be in [1, {min(n_a, n_b)}] (the sub-key count)")
   top_a, i = jax.lax.top_k(scores_a, k)
   top_b, j = jax.lax.top_k(scores_b, k)
-  grid = top_a[..., :, None] + top_b[..., None, :]  # [..., k, k]
-  scores, cell = jax.lax.top_k(grid.reshape(*grid.shape[:-2], k * k), k)
-  i = jnp.take_along_axis(i, cell // k, axis=-1)
-  j = jnp.take_along_axis(j, cell % k, axis=-1)
-  return scores, (i * n_b + j).astype(jnp.int32)
+  grid_shape = (*top_a.shape[:-1], k * k)  # the k x k candidates, flattened
+  grid_scores = (top_a[..., :, None] + top_b[..., None, :]).reshape(grid_shape)
+  grid_slots = (i[..., :, None] * n_b + j[..., None, :]).reshape(grid_shape)
+  scores, cell = jax.lax.top_k(grid_scores, k)
+  return scores, jnp.take_along_axis(grid_slots, cell, axis=-1).astype(jnp.int32)
 
 
 def product_key_search(queries: jnp.ndarray, keys: jnp.ndarray,
