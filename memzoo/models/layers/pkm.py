@@ -6,8 +6,10 @@ SwiGLU feed-forward, so a token touches `heads * topk` of the `n_keys**2` value 
 
 Sharding: the value table has logical axes `("memory", "mlp")`. Mapping `mlp -> tensor` (the usual
 Megatron rule) column-shards the table like the gate and output projections, which is Meta's
-"memory parallel" layout: each device gathers its slice of every row, the gate is local and the
-output projection reduces once. Mapping `memory -> <axis>` shards the rows instead.
+"memory parallel" layout: each device gathers its slice of every row, the gate is local, the
+output projection reduces once and the table gradient stays a local shard. Mapping
+`memory -> <axis>` shards the rows instead: correct, but XLA's partitioner then all-reduces the
+gathered `[..., heads * topk, v_dim]` rows and a full-size table gradient, so prefer `mlp`.
 """
 
 import jax
