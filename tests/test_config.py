@@ -44,7 +44,7 @@ def test_bad_overrides_are_rejected(override):
 
 def test_every_registered_layer_has_its_options_in_the_base_config():
   c = config_lib.base_config()
-  for kind in ("mixer", "ffn"):
+  for kind in registry.REGISTRIES:
     for name, cls in registry.REGISTRIES[kind].items():
       assert set(c.model[name].keys()) == set(config_lib.layer_options(cls).keys())
   assert "rope_theta" in c.model.attention and "d_model" not in c.model.attention

@@ -3,11 +3,20 @@
   tokens -> embed -> N x [x + mixer(norm(x)); x + ffn(norm(x))] -> norm -> head -> logits
 
 Layer i uses `mixers[i % len(mixers)]`, so `("attention",)` is a plain transformer and
-`("gated_deltanet", "gated_deltanet", "attention")` a 2:1 hybrid. With `scan_layers` the stack is
-one period of that pattern, vmapped over `num_layers / len(mixers)` copies and run by `nnx.scan`:
-compile time stays flat in depth. `remat` recomputes each block's activations in the backward pass.
+`("gated_deltanet", "gated_deltanet", "attention")` a 2:1 hybrid.
+
+Memory layers (see memzoo/models/layers/{pkm,peer,engram}.py):
+  memory_layers = (i, ...)    these blocks use the feed-forward `memory_ffn` ("pkm" | "peer")
+  memory_share_values = True  one pkm value table, owned by the model, read by all memory layers
+  engram_layers = (i, ...)    these blocks first add `engram(x, tokens)` to the residual stream
+
+Memory knobs: `remat` recomputes each block's activations in the backward pass; `scan_layers`
+builds one period of the mixer pattern, vmapped over `num_layers / len(mixers)` copies and run by
+`nnx.scan`, so compile time stays flat in depth (every period must then be the same: no memory or
+engram layers).
 """
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -38,49 +47,102 @@ def layer_mixers(model_cfg: Mapping[str, Any]) -> list[str]:
   return [names[i % len(names)] for i in range(model_cfg["num_layers"])]
 
 
+def layer_indices(model_cfg: Mapping[str, Any], field: str) -> tuple[int, ...]:
+  """The sorted layer indices listed in `model_cfg[field]` (e.g. "memory_layers"), checked."""
+  layers, n = tuple(model_cfg.get(field) or ()), model_cfg["num_layers"]
+  bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n)]
+  if bad:
+    raise ConfigError(f"config.model.{field}", f"{bad} are not layer indices",
+                      f"use integers in [0, num_layers={n})")
+  return tuple(sorted(set(layers)))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """What block i is made of."""
+  mixer: str
+  ffn: str
+  engram_index: int | None = None  # the layer index (it seeds the hash) when it has an Engram
+  shared_values: bool = False  # its ffn reads the model's shared memory table
+
+
+def layer_specs(model_cfg: Mapping[str, Any]) -> list[LayerSpec]:
+  ffn, memory_ffn = model_cfg.get("ffn", "swiglu"), model_cfg.get("memory_ffn", "pkm")
+  memory = layer_indices(model_cfg, "memory_layers")
+  engram = layer_indices(model_cfg, "engram_layers")
+  share = bool(model_cfg.get("memory_share_values", False))
+  return [LayerSpec(mixer, memory_ffn if i in memory else ffn, i if i in engram else None,
+                    share and i in memory)
+          for i, mixer in enumerate(layer_mixers(model_cfg))]
+
+
 class Block(nnx.Module):
-  """Pre-norm residual block: a sequence mixer then a feed-forward layer."""
+  """Pre-norm residual block: an optional Engram memory, a sequence mixer, a feed-forward layer.
 
-  def __init__(self, model_cfg: Mapping[str, Any], mixer: str, ffn: str, *, rngs: nnx.Rngs):
+  `values` is the shared memory table, passed to memory feed-forward layers built with
+  memory_share_values.
+  """
+
+  def __init__(self, model_cfg: Mapping[str, Any], spec: LayerSpec, *, rngs: nnx.Rngs):
     d = model_cfg["d_model"]
+    self.engram = (None if spec.engram_index is None else
+                   registry.build("input_branch", "engram", model_cfg,
+                                  layer_index=spec.engram_index, rngs=rngs))
     self.mixer_norm = RMSNorm(d, rngs=rngs)
-    self.mixer = registry.build("mixer", mixer, model_cfg, rngs=rngs)
+    self.mixer = registry.build("mixer", spec.mixer, model_cfg, rngs=rngs)
     self.ffn_norm = RMSNorm(d, rngs=rngs)
-    self.ffn = registry.build("ffn", ffn, model_cfg, rngs=rngs)
+    self.ffn = registry.build("ffn", spec.ffn, model_cfg, rngs=rngs)
 
-  def __call__(self, x, *, segment_ids=None):
+  def _ffn(self, x, values):
+    h = self.ffn_norm(x)
+    return self.ffn(h) if values is None else self.ffn(h, values=values)
+
+  def __call__(self, x, tokens, *, segment_ids=None, values=None):
+    if self.engram is not None:
+      x = x + self.engram(x, tokens, segment_ids=segment_ids)
     x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids)
-    return constrain(x + self.ffn(self.ffn_norm(x)), ACTIVATION)
+    return constrain(x + self._ffn(x, values), ACTIVATION)
 
-  def prefill(self, x, state):
-    y, state = self.mixer.prefill(self.mixer_norm(x), state)
+  def init_state(self, batch_size: int, max_len: int) -> dict:
+    state = {"mixer": self.mixer.init_state(batch_size, max_len)}
+    if self.engram is not None:
+      state["engram"] = self.engram.init_state(batch_size)
+    return state
+
+  def prefill(self, x, tokens, state, *, values=None):
+    state = dict(state)
+    if self.engram is not None:
+      y, state["engram"] = self.engram.prefill(x, tokens, state["engram"])
+      x = x + y
+    y, state["mixer"] = self.mixer.prefill(self.mixer_norm(x), state["mixer"])
     x = x + y
-    return x + self.ffn(self.ffn_norm(x)), state
+    return x + self._ffn(x, values), state
 
 
 class BlockGroup(nnx.Module):
-  """Consecutive blocks, one per mixer name: the unit that `scan_layers` repeats."""
+  """Consecutive blocks, one per LayerSpec: the whole stack, or the unit `scan_layers` repeats."""
 
-  def __init__(self, model_cfg, mixers, ffn: str, *, remat: str, rngs: nnx.Rngs):
-    self.blocks = nnx.List([Block(model_cfg, name, ffn, rngs=rngs) for name in mixers])
-    self.policy = REMAT_POLICIES[remat]
-    self.remat = remat != "none"
+  def __init__(self, model_cfg, specs: list[LayerSpec], *, remat: str, rngs: nnx.Rngs):
+    self.blocks = nnx.List([Block(model_cfg, spec, rngs=rngs) for spec in specs])
+    self.shared_values = tuple(spec.shared_values for spec in specs)
+    self.policy, self.remat = REMAT_POLICIES[remat], remat != "none"
 
-  def __call__(self, x, *, segment_ids=None):
-    for block in self.blocks:
+  def __call__(self, x, tokens, *, segment_ids=None, values=None):
+    for block, shared in zip(self.blocks, self.shared_values):
+      def run(block, x, values):
+        return block(x, tokens, segment_ids=segment_ids, values=values)
       if self.remat:
-        x = nnx.remat(lambda b, x: b(x, segment_ids=segment_ids), policy=self.policy)(block, x)
-      else:
-        x = block(x, segment_ids=segment_ids)
+        run = nnx.remat(run, policy=self.policy)
+      x = run(block, x, values if shared else None)
     return x
 
   def init_state(self, batch_size: int, max_len: int) -> list:
-    return [block.mixer.init_state(batch_size, max_len) for block in self.blocks]
+    return [block.init_state(batch_size, max_len) for block in self.blocks]
 
-  def prefill(self, x, state):
+  def prefill(self, x, tokens, state, *, values=None):
     new_state = []
-    for block, s in zip(self.blocks, state):
-      x, s = block.prefill(x, s)
+    for block, shared, s in zip(self.blocks, self.shared_values, state):
+      x, s = block.prefill(x, tokens, s, values=values if shared else None)
       new_state.append(s)
     return x, new_state
 
@@ -88,17 +150,18 @@ class BlockGroup(nnx.Module):
 class ScannedGroups(nnx.Module):
   """`count` copies of a BlockGroup with parameters stacked on a leading `layers` axis."""
 
-  def __init__(self, model_cfg, mixers, ffn: str, count: int, *, remat: str, rngs: nnx.Rngs):
+  def __init__(self, model_cfg, specs: list[LayerSpec], count: int, *, remat: str,
+               rngs: nnx.Rngs):
     @nnx.split_rngs(splits=count)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def make(rngs):
-      return BlockGroup(model_cfg, mixers, ffn, remat=remat, rngs=rngs)
+      return BlockGroup(model_cfg, specs, remat=remat, rngs=rngs)
     self.groups = make(rngs)
 
-  def __call__(self, x, *, segment_ids=None):
+  def __call__(self, x, tokens, *, segment_ids=None, values=None):
     @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
     def run(group, x):
-      return group(x, segment_ids=segment_ids)
+      return group(x, tokens, segment_ids=segment_ids)
     return run(self.groups, x)
 
   def init_state(self, batch_size: int, max_len: int):
@@ -107,17 +170,34 @@ class ScannedGroups(nnx.Module):
       return group.init_state(batch_size, max_len)
     return init(self.groups)
 
-  def prefill(self, x, state):
+  def prefill(self, x, tokens, state, *, values=None):
     @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
     def run(group, x, s):
-      return group.prefill(x, s)
+      return group.prefill(x, tokens, s)
     return run(self.groups, x, state)
+
+
+def _stack(model_cfg, specs: list[LayerSpec], remat: str, rngs: nnx.Rngs):
+  if remat not in REMAT_POLICIES:
+    raise ConfigError("config.model.remat", f"unknown policy {remat!r}",
+                      f"choose one of {sorted(REMAT_POLICIES)}")
+  if not model_cfg.get("scan_layers", False):
+    return BlockGroup(model_cfg, specs, remat=remat, rngs=rngs)
+  period = len(mixer_pattern(model_cfg))
+  if len(specs) % period:
+    raise ConfigError("config.model.scan_layers", f"num_layers {len(specs)} is not a multiple "
+                      f"of the mixer pattern length {period}",
+                      "make it a multiple, or turn scan_layers off")
+  if any(spec != specs[i % period] for i, spec in enumerate(specs)):
+    raise ConfigError("config.model.scan_layers", "memory_layers / engram_layers make the "
+                      "layers differ", "turn scan_layers off for models with memory layers")
+  return ScannedGroups(model_cfg, specs[:period], len(specs) // period, remat=remat, rngs=rngs)
 
 
 class LanguageModel(nnx.Module):
   """Token-level LM. Fields read from `model_cfg`: vocab_size, d_model, num_layers, mixers, ffn,
-  tie_embeddings, dtype, param_dtype, remat, scan_layers, plus whatever the chosen layers take
-  (see registry.build)."""
+  memory_layers, memory_ffn, memory_share_values, engram_layers, tie_embeddings, dtype,
+  param_dtype, remat, scan_layers, plus whatever the chosen layers take (see registry.build)."""
 
   def __init__(self, model_cfg: Mapping[str, Any], *, rngs: nnx.Rngs):
     vocab, d = model_cfg["vocab_size"], model_cfg["d_model"]
@@ -125,24 +205,28 @@ class LanguageModel(nnx.Module):
     self.dtype = jnp.dtype(model_cfg.get("dtype", "float32"))
     self.embed = param(rngs, nnx.initializers.normal(0.02), (vocab, d), ("vocab", "embed"),
                        param_dtype)
-    ffn, remat = model_cfg.get("ffn", "swiglu"), model_cfg.get("remat", "none")
-    if remat not in REMAT_POLICIES:
-      raise ConfigError("config.model.remat", f"unknown policy {remat!r}",
-                        f"choose one of {sorted(REMAT_POLICIES)}")
-    if model_cfg.get("scan_layers", False):
-      pattern = mixer_pattern(model_cfg)
-      if model_cfg["num_layers"] % len(pattern):
-        raise ConfigError("config.model.scan_layers", f"num_layers {model_cfg['num_layers']} is "
-                          f"not a multiple of the mixer pattern length {len(pattern)}",
-                          "make it a multiple, or turn scan_layers off")
-      self.stack = ScannedGroups(model_cfg, pattern, ffn, model_cfg["num_layers"] // len(pattern),
-                                 remat=remat, rngs=rngs)
-    else:
-      self.stack = BlockGroup(model_cfg, layer_mixers(model_cfg), ffn, remat=remat, rngs=rngs)
+    specs = layer_specs(model_cfg)
+    self.stack = _stack(model_cfg, specs, model_cfg.get("remat", "none"), rngs)
+    self.memory_values = self._shared_values(model_cfg, specs, rngs)
     self.final_norm = RMSNorm(d, rngs=rngs)
     self.head = (None if model_cfg.get("tie_embeddings", True) else
                  Dense(d, vocab, axes=("embed", "vocab"), dtype=self.dtype,
                        param_dtype=param_dtype, rngs=rngs))
+
+  def _shared_values(self, model_cfg, specs, rngs):
+    """Memory+ (Berges et al. 2024): one value table for every memory layer. The model owns it and
+    passes it to those layers at call time (they were built without a table)."""
+    if not model_cfg.get("memory_share_values", False):
+      return None
+    field = "config.model.memory_share_values"
+    sharing = [i for i, spec in enumerate(specs) if spec.shared_values]
+    if not sharing:
+      raise ConfigError(field, "set but memory_layers is empty", "list the memory layers")
+    first = self.stack.blocks[sharing[0]].ffn
+    if not hasattr(first, "new_value_table"):
+      raise ConfigError(field, f"memory_ffn {type(first).__name__} has no value table to share",
+                        "use memory_ffn='pkm' or set memory_share_values=False")
+    return first.new_value_table(rngs)
 
   def _embed(self, tokens):
     return constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype), ACTIVATION)
@@ -156,15 +240,18 @@ class LanguageModel(nnx.Module):
 
   def __call__(self, tokens, *, segment_ids=None):
     """`tokens [B, T] int -> logits [B, T, vocab] float32`."""
-    return self._logits(self.stack(self._embed(tokens), segment_ids=segment_ids))
+    x = self.stack(self._embed(tokens), tokens, segment_ids=segment_ids,
+                   values=self.memory_values)
+    return self._logits(x)
 
   def init_state(self, batch_size: int, max_len: int):
-    """Decode state of every layer (see Mixer.init_state); `max_len` bounds prompt + generation."""
+    """Decode state, per layer `{"mixer": Mixer.init_state(...)}` plus `"engram"` in engram layers;
+    `max_len` bounds prompt + generation."""
     return self.stack.init_state(batch_size, max_len)
 
   def prefill(self, tokens, state):
     """`tokens [B, T]` continuing from `state` -> `(logits [B, T, vocab], state)`."""
-    x, state = self.stack.prefill(self._embed(tokens), state)
+    x, state = self.stack.prefill(self._embed(tokens), tokens, state, values=self.memory_values)
     return self._logits(x), state
 
   def step(self, token, state):

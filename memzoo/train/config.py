@@ -33,6 +33,10 @@ MODEL_FIELDS = dict(
     dtype="float32",  # compute dtype ("bfloat16" on accelerators)
     param_dtype="float32",
     aux_loss_coef=0.01,  # weight of layer auxiliary losses (e.g. MoM load balancing)
+    memory_layers=(),  # these layers' feed-forward is `memory_ffn`
+    memory_ffn="pkm",  # pkm | peer
+    memory_share_values=False,  # one pkm value table for all memory layers (Memory+)
+    engram_layers=(),  # these layers add an Engram n-gram memory before their mixer
     remat="none",  # none | full | dots_saveable: what each block keeps for the backward pass
     scan_layers=False,  # nnx.scan over repeats of the mixer pattern: compile time flat in depth
 )
@@ -66,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(MODEL_FIELDS)
   registry.lookup("mixer", "attention")  # loads the built-in layers
-  for kind in ("mixer", "ffn"):
+  for kind in registry.REGISTRIES:
     for name, cls in sorted(registry.REGISTRIES[kind].items()):
       c.model[name] = layer_options(cls)
 

@@ -1,6 +1,6 @@
 """NNX layers. Importing this package registers every built-in mixer and feed-forward layer."""
 
-from memzoo.models.layers import attention, ffn  # noqa: F401
+from memzoo.models.layers import attention, engram, ffn, peer, pkm  # noqa: F401
 from memzoo.models.layers.base import Mixer
 from memzoo.models.layers.registry import build, register_ffn, register_mixer
 

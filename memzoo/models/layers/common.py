@@ -30,12 +30,39 @@ def _tuple(shape: Shape) -> tuple[int, ...]:
   return (shape,) if isinstance(shape, int) else tuple(shape)
 
 
-def param(rngs: nnx.Rngs, init, shape: Shape, axes: Axes, dtype=jnp.float32) -> nnx.Param:
-  """A parameter initialised by `init(key, shape, dtype)` and annotated with logical `axes`."""
+def param(rngs: nnx.Rngs, init, shape: Shape, axes: Axes, dtype=jnp.float32, *,
+          optimizer_group: str | None = None) -> nnx.Param:
+  """A parameter initialised by `init(key, shape, dtype)` and annotated with logical `axes`.
+
+  `optimizer_group` (metadata, see `optimizer_groups`) lets the trainer give the parameter its own
+  optimizer settings; untagged parameters are in `DEFAULT_GROUP`.
+  """
   shape = _tuple(shape)
   if len(axes) != len(shape):
     raise ValueError(f"axes {axes} do not match shape {shape}")
-  return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=tuple(axes), eager_sharding=False)
+  metadata = {} if optimizer_group is None else {"optimizer_group": optimizer_group}
+  return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=tuple(axes),
+                   eager_sharding=False, **metadata)
+
+
+DEFAULT_GROUP = "default"
+MEMORY_VALUES = "memory_values"  # sparsely read tables: product-key values, PEER experts, Engram
+
+
+def optimizer_groups(params):
+  """The optimizer group of every parameter, for `optax.multi_transform` labels.
+
+  `params` is a pytree of `nnx.Variable`s, e.g. `nnx.state(model, nnx.Param)`; the result has the
+  same structure with each Variable replaced by its `optimizer_group` metadata (`DEFAULT_GROUP` when
+  untagged). Raw arrays carry no metadata and raise.
+  """
+  def group(path, leaf):
+    if not isinstance(leaf, nnx.Variable):
+      raise TypeError(f"optimizer_groups: leaf {jax.tree_util.keystr(path)} is a raw "
+                      f"{type(leaf).__name__}; pass nnx.state(model, nnx.Param), not its values")
+    return leaf.get_metadata().get("optimizer_group", DEFAULT_GROUP)
+  return jax.tree_util.tree_map_with_path(group, params,
+                                          is_leaf=lambda v: isinstance(v, nnx.Variable))
 
 
 def fan_in_init(fan_in: int, scale: float = 1.0):

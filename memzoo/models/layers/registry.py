@@ -18,7 +18,9 @@ from flax import nnx
 
 from memzoo.errors import ConfigError
 
-REGISTRIES: dict[str, dict[str, type]] = {"mixer": {}, "ffn": {}}
+# Kinds: sequence mixers, feed-forward layers, and branches added to the residual stream before
+# the mixer of chosen layers (Engram).
+REGISTRIES: dict[str, dict[str, type]] = {"mixer": {}, "ffn": {}, "input_branch": {}}
 
 
 def _register(kind: str, name: str):
@@ -36,6 +38,10 @@ def register_mixer(name: str):
 
 def register_ffn(name: str):
   return _register("ffn", name)
+
+
+def register_input_branch(name: str):
+  return _register("input_branch", name)
 
 
 def _load_builtin_layers() -> None:
@@ -60,8 +66,9 @@ def _as_dtype(value):
   return jnp.dtype(value) if isinstance(value, str) else value
 
 
-def build(kind: str, name: str, model_cfg: Mapping[str, Any], *, rngs: nnx.Rngs):
-  """Instantiates the registered `kind` layer `name` from the model config (see module doc)."""
+def build(kind: str, name: str, model_cfg: Mapping[str, Any], *, rngs: nnx.Rngs, **fixed):
+  """Instantiates the registered `kind` layer `name` from the model config (see module doc);
+  `fixed` arguments are set by the caller (e.g. the layer index), not by the config."""
   cls = lookup(kind, name)
   accepted = constructor_options(cls)
   kwargs = {k: model_cfg[k] for k in accepted if k in model_cfg}
@@ -74,4 +81,4 @@ def build(kind: str, name: str, model_cfg: Mapping[str, Any], *, rngs: nnx.Rngs)
   for key in ("dtype", "param_dtype"):
     if key in kwargs:
       kwargs[key] = _as_dtype(kwargs[key])
-  return cls(**kwargs, rngs=rngs)
+  return cls(**{**kwargs, **fixed}, rngs=rngs)
