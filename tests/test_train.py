@@ -43,3 +43,22 @@ def test_restore_gives_identical_params_and_next_losses(tmp_path):
   run.checkpoints.close()
   assert losses[4] == logged[4] and losses[6] == logged[6]
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), final)
+
+
+def test_memory_values_get_their_own_learning_rate():
+  from flax import nnx
+  from memzoo.train import state as state_lib
+  from memzoo.train.optimizer import make_optimizer
+  config = tiny_config(memory_layers=(1,))
+  config.model.vocab_size = 65
+  config.model.pkm.update(n_keys=4, topk=2, heads=1, k_dim=8)
+  config.train.update(memory_values_lr_mult=0.0, warmup_steps=0)
+  _, abstract = state_lib.abstract_model(config.model, 0)
+  params = jax.tree.map(lambda x: jax.numpy.ones(x.shape, x.dtype),
+                        nnx.to_pure_dict(abstract))
+  tx = make_optimizer(config.train, abstract)
+  grads = jax.tree.map(jax.numpy.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  pkm = updates["stack"]["blocks"][1]["ffn"]
+  assert float(jax.numpy.abs(pkm["values"]).max()) == 0.0  # lr multiplier 0: frozen
+  assert float(jax.numpy.abs(updates["embed"]).max()) > 0.0

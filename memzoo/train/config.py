@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
       steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1,
       b1=0.9, b2=0.99, grad_clip=1.0, log_every=10, eval_every=250, eval_steps=20,
       checkpoint_every=500, keep_checkpoints=3,
+      memory_values_lr_mult=1.0, memory_values_weight_decay=0.0,
       grad_accum_steps=1))  # the batch is split into this many micro-batches, grads summed
 
   # Device mesh: sizes per axis within a slice (-1 fills the remaining devices), across slices

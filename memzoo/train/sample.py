@@ -11,7 +11,6 @@ from flax import nnx
 from memzoo.data import tokenizers
 from memzoo.errors import UserError
 from memzoo.train import config as config_lib
-from memzoo.train import sharding
 from memzoo.train import state as state_lib
 from memzoo.train.checkpoint import Checkpointer
 from memzoo.train.mesh import make_mesh
@@ -32,9 +31,9 @@ def load_run(workdir) -> tuple:
     raise UserError(f"--workdir: {str(workdir)!r} has no checkpoint yet; train first")
   config.mesh.update(data=1, fsdp=1, tensor=1, sequence=1)
   mesh = make_mesh(config.mesh, devices=jax.devices()[:1])
-  tx = make_optimizer(config.train)
   graphdef, abstract_params = state_lib.abstract_model(config.model, config.seed)
-  shardings = state_lib.state_shardings(abstract_params, tx, sharding.DEFAULT_RULES, mesh)
+  tx = make_optimizer(config.train, abstract_params)
+  shardings = state_lib.state_shardings(abstract_params, tx, config.mesh.rules, mesh)
   target = state_lib.abstract_state(config.model, config.seed, tx, shardings)
   state = checkpoints.restore(step, target)
   checkpoints.close()

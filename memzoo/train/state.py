@@ -7,7 +7,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx, traverse_util
+from flax import nnx
 
 from memzoo.models.backbone import LanguageModel
 from memzoo.train import sharding
@@ -32,13 +32,6 @@ def abstract_model(model_cfg, seed: int) -> tuple[nnx.GraphDef, nnx.State]:
     raise TypeError(f"the model holds non-Param variables {list(nnx.to_flat_state(rest))}; "
                     "layers must keep everything trainable in nnx.Param and compute buffers on the fly")
   return graphdef, params
-
-
-def param_metadata(abstract_params: nnx.State, key: str, default=None) -> dict:
-  """A nested dict (the shape of the params dict) holding each Param's metadata `key`."""
-  flat = {path: var.get_metadata().get(key, default)
-          for path, var in nnx.to_flat_state(abstract_params)}
-  return traverse_util.unflatten_dict(flat)
 
 
 def state_shardings(abstract_params: nnx.State, tx: optax.GradientTransformation, rules,

@@ -86,8 +86,8 @@ def setup(config, workdir) -> Run:
             for k, v in local_batch.items()}
 
   # Model and optimizer: shapes first, then shardings, then the jitted steps.
-  tx = make_optimizer(train_cfg)
   graphdef, abstract_params = state_lib.abstract_model(config.model, config.seed)
+  tx = make_optimizer(train_cfg, abstract_params)
   shardings = state_lib.state_shardings(abstract_params, tx, rules, mesh)
   train_step = jax.jit(
       make_train_step(graphdef, tx, aux_loss_coef=config.model.aux_loss_coef,
