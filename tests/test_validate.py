@@ -13,6 +13,7 @@ from faults import make_env
 from helpers import tiny_config
 
 from memzoo.errors import ConfigError
+from memzoo.models.layers import registry
 from memzoo.train import cli, validate
 from memzoo.train.config import base_config
 
@@ -162,6 +163,23 @@ def test_every_field_rejects_a_value_of_the_wrong_type(field):
   node[name] = b"wrong"
   with pytest.raises(ConfigError, match=field.replace(".", r"\.") + ": expected"):
     validate.check_config(config)
+
+
+def test_chunk_sizes_and_counts_of_any_registered_layer_are_checked(monkeypatch):
+  class ChunkedMixer:
+    def __init__(self, d_model: int, *, chunk_size: int = 64, num_memories: int = 0, rngs=None):
+      del d_model, chunk_size, num_memories, rngs
+
+  monkeypatch.setitem(registry.REGISTRIES["mixer"], "chunked", ChunkedMixer)
+  config = base_config()
+  config.model.chunked.chunk_size = 0
+  with pytest.raises(ConfigError, match=r"config\.model\.chunked\.chunk_size: must be an int >= 1"):
+    validate.check_config(config)
+  config.model.chunked.update(chunk_size=16, num_memories=-1)
+  with pytest.raises(ConfigError, match=r"chunked\.num_memories: must be an int >= 0"):
+    validate.check_config(config)
+  config.model.chunked.num_memories = 0
+  validate.check_config(config)
 
 
 def test_real_command_line_error_is_one_line(tmp_path):

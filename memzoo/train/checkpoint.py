@@ -52,8 +52,9 @@ def array_specs(tree) -> dict[str, tuple]:
 
 
 def first_difference(saved: dict, wanted: dict) -> str | None:
-  """A description of the first array that differs between two `array_specs`, or None."""
-  for name in sorted(saved.keys() | wanted.keys()):
+  """A description of the first array (parameters first) that differs between two `array_specs`,
+  or None."""
+  for name in sorted(saved.keys() | wanted.keys(), key=lambda n: (not n.startswith("params"), n)):
     if name not in wanted:
       return f"it has an array {name} this model lacks"
     if name not in saved:
@@ -94,7 +95,10 @@ class Checkpointer:
   """Saves / restores `{"state": TrainState, "data": grain iterator, "digest": their checksums}`
   under `directory`, keeping the newest `keep` steps."""
 
-  def __init__(self, directory: Path, keep: int):
+  def __init__(self, directory: Path, keep: int, read_only: bool = False):
+    """`read_only` (e.g. sampling from a run that may still be training): never call `save`; it
+    also leaves temporaries alone, which a live run may be writing (orbax's own read_only option
+    does the same but warns)."""
     self.directory = Path(directory).absolute()
     self.broken_directory = self.directory.parent / "broken_checkpoints"
     self.manager = ocp.CheckpointManager(
@@ -102,9 +106,9 @@ class Checkpointer:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": grain.checkpoint.CheckpointHandler(),
                        "digest": ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=True,
-                                             cleanup_tmp_directories=True))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, enable_async_checkpointing=True,
+            cleanup_tmp_directories=not read_only))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -153,7 +157,7 @@ class Checkpointer:
         continue
       difference = first_difference(saved, wanted)
       if difference is not None:
-        raise DifferentModel(f"checkpoint {step} holds a different model: {difference}")
+        raise DifferentModel(f"checkpoint {step}: {difference}")
       try:
         state = self.restore(step, abstract_state, data_iterator)
       except Exception as e:  # truncated or corrupted arrays or iterator state

@@ -1,10 +1,10 @@
-"""Config checks that run before anything is traced or compiled.
+"""Config checks that run before anything is compiled.
 
 `check_config` compares every field with `base_config()` (which lists every field, each layer's
 options under `config.model.<layer>` included): unknown fields (typos) and wrong types, then values
 and the relations between fields. `check_layout` checks the mesh against the devices and the batch
 and sequence against the mesh. Once the task is built (the corpus read, the vocabulary known),
-`check_task` checks the eval set's size and `check_model` traces (never compiles) the forward pass,
+`check_task` checks the eval set's size and `check_model` traces (never compiles) the train step,
 which surfaces what only a layer can judge. Every failure is a one-line `ConfigError` that names the
 field, the value and the fix. `config.data` options beyond the text task's are the task's to check
 (`tasks.build_task` names the field).
@@ -25,8 +25,9 @@ from memzoo.train import mesh as mesh_lib
 
 _KINDS = {int: "an int", float: "a number", str: "a string", bool: "True or False",
           tuple: "a tuple"}
-# Layer options that are sizes: positive when set. Other int options only need to be >= 0.
-_SIZE_SUFFIXES = ("_size", "_dim", "window", "block_q", "block_k", "chunk")
+# Layer options that are sizes (and any option about chunks): positive when set. Other int
+# options only need to be >= 0.
+_SIZE_SUFFIXES = ("_size", "_dim", "window", "block_q", "block_k")
 
 
 def check_config(config) -> None:
@@ -81,7 +82,7 @@ def check_model(config, step_fn, abstract_args, mesh) -> None:
     message = " ".join(str(e).split())[:300]
     raise ConfigError(_suspect_option(config.model, message) or "config.model",
                       f"the model cannot be built or run: {message}",
-                      "fix the option the message names") from None
+                      "fix the option the message names") from e  # --debug shows the cause
 
 
 def _suspect_option(model, message: str) -> str | None:
@@ -214,5 +215,5 @@ def _check_layer_options(options, path: str) -> None:
   judges the rest when `check_model` traces it."""
   for name, value in options.items():
     if isinstance(value, int) and not isinstance(value, bool):
-      size = name.endswith(_SIZE_SUFFIXES) or name.startswith("chunk")
+      size = name.endswith(_SIZE_SUFFIXES) or "chunk" in name
       _check_int(value, f"{path}.{name}", minimum=1 if size else 0)
