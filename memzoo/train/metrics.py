@@ -32,7 +32,7 @@ class MetricsLog:
       if path.is_file():
         rundir.write_atomic(path, "".join(_lines_up_to(path, start)))
       self.file = open(path, "a", buffering=1)
-      self.tb = SummaryWriter(str(Path(workdir) / "tb"), purge_step=start + 1 if start else None)
+      self.tb = SummaryWriter(str(Path(workdir) / "tb"), purge_step=start + 1)
 
   def write(self, step: int, split: str, **values) -> None:
     if not self.enabled:
