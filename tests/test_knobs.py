@@ -67,7 +67,9 @@ def test_remat_gives_the_same_gradients():
 def test_grad_accumulation_equals_one_big_batch():
   graphdef, params = build()
   tx = optax.sgd(0.1)  # linear in the gradient: the updated params compare the gradients
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  zero = jnp.zeros((), jnp.int32)
+  state = TrainState(step=zero, params=params, opt_state=tx.init(params), bad_steps=zero,
+                     skipped_steps=zero)
   tokens = jax.random.randint(jax.random.key(1), (8, 13), 0, 17)
   targets = tokens[:, 1:].at[:3, :5].set(-100)  # uneven scored counts across micro-batches
   batch = {"inputs": tokens[:, :-1], "targets": targets}

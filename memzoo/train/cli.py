@@ -1,11 +1,15 @@
 """Command lines: `memzoo-train` (also `python -m memzoo.train`) and `memzoo-sample`.
 
-  memzoo-train [--config configs/x.py] [--workdir DIR] [--config.<field>=<value> ...] [--debug]
+  memzoo-train [--config configs/x.py] [--workdir DIR] [--config.<field>=<value> ...]
+               [--overwrite] [--debug]
 
-User errors (config, data, checkpoint) print one line naming the field and exit 2; `--debug`
-shows the traceback instead.
+Re-running the same command resumes the run in --workdir; --overwrite moves it aside and starts
+afresh. User errors (flags, config, data, checkpoints) print one line naming the field and exit 2
+(3: training diverged); `--debug` shows the traceback instead. SIGTERM / SIGINT save a checkpoint
+and exit 0.
 """
 
+import re
 import sys
 from pathlib import Path
 
@@ -31,19 +35,42 @@ def _one_line(error: Exception) -> str:
   return " ".join(text.split())
 
 
-def run_app(define_flags) -> None:
-  """Defines and parses the flags, then runs the `main()` that `define_flags()` returns.
+def _flag_error(error: Exception, argv: list[str]) -> str:
+  """One line for a flag, override or config-file error: names the `--config.<field>` when the
+  error names only its last part, and sums up a config file's traceback as file, line, error."""
+  text = str(error)
+  if "Traceback (most recent call last)" in text:  # config_flags wraps get_config()'s traceback
+    frames = [f for f in re.findall(r'File "([^"]+)", line (\d+)', text) if "-packages" not in f[0]]
+    where = f"--config {frames[-1][0]}, line {frames[-1][1]}" if frames else "--config"
+    return f"{where}: {_one_line(text.strip().splitlines()[-1])}"
+  text = _one_line(error)
+  if isinstance(error, SyntaxError) or "get_config" in text:
+    return f"--config: {text}"
+  for arg in argv[1:]:
+    name = arg.lstrip("-").split("=", 1)[0]
+    if arg.startswith("--") and "." in name and f"--{name}" not in text:
+      unknown = [part for part in name.split(".")[1:] if f"'{part}'" in text]
+      if unknown:
+        return f"--{name}: no field {unknown[0]!r} ({text})"
+  return text
 
-  Bad input (flags, config, data, checkpoints) prints one line naming the field and exits 2;
-  `--debug` shows the traceback instead.
+
+def run_app(define_flags, argv: list[str] | None = None, flag_values=None) -> None:
+  """Defines the flags (`define_flags(flag_values, argv)` returns `main`), parses `argv`, runs main.
+
+  `argv` defaults to sys.argv and `flag_values` to absl's global FLAGS (tests pass their own to run
+  in-process). Bad input (flags, config, data, checkpoints, files) prints one line naming the field
+  and exits with the error's code (2); `--debug` shows the traceback instead.
   """
-  debug = "--debug" in sys.argv
+  argv = list(sys.argv if argv is None else argv)
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  debug = "--debug" in argv
   started = False
   try:
-    main = define_flags()  # config_flags loads the config file and its overrides here
-    argv = flags.FLAGS(sys.argv)
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    main = define_flags(flag_values, argv)  # config_flags loads the config file and overrides here
+    rest = flag_values(argv)
+    if len(rest) > 1:
+      raise UserError(f"unexpected arguments {rest[1:]}; flags take the form --name=value")
     if not debug:
       logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO
     started = True
@@ -52,27 +79,37 @@ def run_app(define_flags) -> None:
     if debug:
       raise
     print(f"memzoo: error: {_one_line(e)}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  except OSError as e:  # a file or directory that cannot be read or written
+    if debug:
+      raise
+    print(f"memzoo: error: {_one_line(e)}", file=sys.stderr)
     sys.exit(2)
   except Exception as e:  # a malformed flag or override, raised while defining or parsing flags
     if started or debug:
       raise
-    print(f"memzoo: error: bad command line: {_one_line(e)}", file=sys.stderr)
+    print(f"memzoo: error: bad command line: {_flag_error(e, argv)}", file=sys.stderr)
     sys.exit(2)
 
 
-def _train_flags():
+def _train_flags(values, argv):
   config_flag = config_flags.DEFINE_config_file(
       "config", default_config_path(), "experiment config file (a .py with get_config())",
-      lock_config=False)
-  workdir_flag = flags.DEFINE_string("workdir", None, "run directory (default runs/<config name>)")
-  flags.DEFINE_bool("debug", False, "show tracebacks for user errors")
+      flag_values=values, lock_config=False, sys_argv=argv)
+  workdir_flag = flags.DEFINE_string("workdir", None, "run directory (default runs/<config name>)",
+                                     flag_values=values)
+  overwrite_flag = flags.DEFINE_bool(
+      "overwrite", False, "move an existing run in --workdir aside (to <workdir>.replaced-<time>) "
+      "and start afresh, instead of resuming it", flag_values=values)
+  flags.DEFINE_bool("debug", False, "show tracebacks for user errors", flag_values=values)
 
   def main():
     from memzoo.train.trainer import train  # imported after flag parsing: faster --help
-    config_file = flags.FLAGS["config"].config_filename
+    config_file = values["config"].config_filename
     if not Path(config_file).is_file():
       raise UserError(f"--config: no such config file {config_file!r}; pass a .py config file")
-    train(config_flag.value, workdir_flag.value or f"runs/{Path(config_file).stem}")
+    train(config_flag.value, workdir_flag.value or f"runs/{Path(config_file).stem}",
+          overwrite=overwrite_flag.value)
 
   return main
 
@@ -81,14 +118,19 @@ def train_main() -> None:
   run_app(_train_flags)
 
 
-def _sample_flags():
-  workdir_flag = flags.DEFINE_string("workdir", None, "run directory to sample from", required=True)
-  prompt_flag = flags.DEFINE_string("prompt", "\n", "text to continue")
-  tokens_flag = flags.DEFINE_integer("tokens", 200, "number of tokens to generate")
-  temperature_flag = flags.DEFINE_float("temperature", 0.8, "softmax temperature (0: greedy)")
-  top_k_flag = flags.DEFINE_integer("top_k", None, "sample among the k most likely tokens")
-  seed_flag = flags.DEFINE_integer("seed", 0, "sampling seed")
-  flags.DEFINE_bool("debug", False, "show tracebacks for user errors")
+def _sample_flags(values, argv):
+  del argv
+  define = dict(flag_values=values)
+  workdir_flag = flags.DEFINE_string("workdir", None, "run directory to sample from",
+                                     required=True, **define)
+  prompt_flag = flags.DEFINE_string("prompt", "\n", "text to continue", **define)
+  tokens_flag = flags.DEFINE_integer("tokens", 200, "number of tokens to generate", **define)
+  temperature_flag = flags.DEFINE_float("temperature", 0.8, "softmax temperature (0: greedy)",
+                                        **define)
+  top_k_flag = flags.DEFINE_integer("top_k", None, "sample among the k most likely tokens",
+                                    **define)
+  seed_flag = flags.DEFINE_integer("seed", 0, "sampling seed", **define)
+  flags.DEFINE_bool("debug", False, "show tracebacks for user errors", **define)
 
   def main():
     from memzoo.train.sample import sample_text

@@ -59,6 +59,13 @@ def layer_options(cls: type) -> ml_collections.ConfigDict:
   return options
 
 
+def _fresh(value):
+  """A new placeholder for a typed one (a FieldReference shared by two configs links them)."""
+  if isinstance(value, config_dict.FieldReference):
+    return config_dict.placeholder(value.get_type())
+  return value
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field memzoo reads, with its default."""
   c = ml_collections.ConfigDict()
@@ -68,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
       task="text", path=config_dict.placeholder(str), tokenizer="char", seq_len=64,
       val_fraction=0.1))
 
-  c.model = ml_collections.ConfigDict(MODEL_FIELDS)
+  c.model = ml_collections.ConfigDict({k: _fresh(v) for k, v in MODEL_FIELDS.items()})
   registry.lookup("mixer", "attention")  # loads the built-in layers
   for kind in registry.REGISTRIES:
     for name, cls in sorted(registry.REGISTRIES[kind].items()):
@@ -79,7 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
       b1=0.9, b2=0.99, grad_clip=1.0, log_every=10, eval_every=250, eval_steps=20,
       checkpoint_every=500, keep_checkpoints=3,
       memory_values_lr_mult=1.0, memory_values_weight_decay=0.0,
-      grad_accum_steps=1))  # the batch is split into this many micro-batches, grads summed
+      grad_accum_steps=1,  # the batch is split into this many micro-batches, grads summed
+      max_bad_steps=5,  # stop after this many consecutive steps with a non-finite loss or gradient
+      debug_nan_steps=()))  # testing hook: these steps' losses (so gradients) are made NaN
 
   # Device mesh: sizes per axis within a slice (-1 fills the remaining devices), across slices
   # over the data-center network (dcn_*), and the logical-axis -> mesh-axis rules.

@@ -1,6 +1,7 @@
 """Run logs: `metrics.jsonl` (one JSON object per event), tensorboard scalars, a progress bar."""
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -9,18 +10,29 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from tensorboardX import SummaryWriter
 
+from memzoo.train import rundir
+
+# A skipped step logs its non-finite loss on purpose; tensorboardX would warn about each one.
+logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+
 
 class MetricsLog:
   """Appends `{"step": s, "split": split, **values}` lines and mirrors them to tensorboard.
 
-  Only the process that owns the log (process 0) writes; others hold a disabled log.
+  A run resumed from step `start` first drops the lines after `start` (written before a crash,
+  about to be recomputed) and any torn last line, and tells tensorboard to purge its events after
+  `start`; so the log never holds a step twice. Only the process that owns the log (process 0)
+  writes; others hold a disabled log.
   """
 
-  def __init__(self, workdir: Path, enabled: bool = True):
+  def __init__(self, workdir: Path, enabled: bool = True, start: int = 0):
     self.enabled = enabled
     if enabled:
-      self.file = open(Path(workdir) / "metrics.jsonl", "a", buffering=1)
-      self.tb = SummaryWriter(str(Path(workdir) / "tb"))
+      path = Path(workdir) / "metrics.jsonl"
+      if path.is_file():
+        rundir.write_atomic(path, "".join(_lines_up_to(path, start)))
+      self.file = open(path, "a", buffering=1)
+      self.tb = SummaryWriter(str(Path(workdir) / "tb"), purge_step=start + 1)
 
   def write(self, step: int, split: str, **values) -> None:
     if not self.enabled:
@@ -34,6 +46,16 @@ class MetricsLog:
     if self.enabled:
       self.file.close()
       self.tb.close()
+
+
+def _lines_up_to(path: Path, step: int):
+  for line in path.read_text().splitlines(keepends=True):
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if line.endswith("\n") and record.get("step", step + 1) <= step:
+      yield line
 
 
 class ProgressBar:

@@ -25,7 +25,8 @@ def load_run(workdir) -> tuple:
   config = config_lib.from_json((workdir / "config.json").read_text())
   tokenizer_file = workdir / "tokenizer.json"
   tokenizer = tokenizers.from_json(tokenizer_file.read_text()) if tokenizer_file.is_file() else None
-  checkpoints = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+  checkpoints = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                             read_only=True)
   step = checkpoints.latest_step()
   if step is None:
     raise UserError(f"--workdir: {str(workdir)!r} has no checkpoint yet; train first")

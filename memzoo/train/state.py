@@ -15,9 +15,11 @@ from memzoo.train import sharding
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array  # int32 scalar: number of updates applied
+  step: jax.Array  # int32 scalar: train steps taken (batches consumed), skipped ones included
   params: dict  # nnx.to_pure_dict of the model's Params
   opt_state: Any
+  bad_steps: jax.Array  # int32 scalar: consecutive latest steps skipped for a non-finite loss/grad
+  skipped_steps: jax.Array  # int32 scalar: all steps skipped so far
 
 
 def build_model(model_cfg, seed: int) -> LanguageModel:
@@ -45,13 +47,16 @@ def state_shardings(abstract_params: nnx.State, tx: optax.GradientTransformation
   replicated = sharding.replicated(mesh)
   opt_sharding = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sharding,
                                        transform_non_params=lambda _: replicated)
-  return TrainState(step=replicated, params=param_sharding, opt_state=opt_sharding)
+  return TrainState(step=replicated, params=param_sharding, opt_state=opt_sharding,
+                    bad_steps=replicated, skipped_steps=replicated)
 
 
 def _initializer(model_cfg, seed: int, tx: optax.GradientTransformation):
   def init() -> TrainState:
     params = nnx.to_pure_dict(nnx.state(build_model(model_cfg, seed), nnx.Param))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=tx.init(params), bad_steps=zero,
+                      skipped_steps=zero)
   return init
 
 
