@@ -48,6 +48,12 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[tuple[int, ...], tuple[int, 
   return tuple(ici), dcn
 
 
+def axis_sizes(mesh_cfg, num_devices: int) -> dict[str, int]:
+  """The size of every mesh axis (within a slice times across slices)."""
+  ici, dcn = mesh_shape(mesh_cfg, num_devices)
+  return {axis: i * d for axis, i, d in zip(AXES, ici, dcn)}
+
+
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
   """A mesh over `devices` (default: all) with every axis typed Auto.
 

@@ -41,12 +41,18 @@ def check_config(config) -> None:
 def check_layout(config, num_devices: int, num_processes: int) -> tuple[int, ...]:
   """Mesh sizes (data, fsdp, tensor, sequence) for `num_devices`; the batch and sequence length
   must divide over them."""
-  sizes = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh, num_devices)))
+  sizes = mesh_lib.axis_sizes(config.mesh, num_devices)
   batch, data_parallel = config.train.batch_size, sizes["data"] * sizes["fsdp"]
   if batch % data_parallel:
     raise ConfigError("config.train.batch_size", f"{batch} is not divisible by the data-parallel "
                       f"size {data_parallel} (config.mesh.data={sizes['data']} x "
                       f"config.mesh.fsdp={sizes['fsdp']})", f"use a multiple of {data_parallel}")
+  micro = config.train.grad_accum_steps * data_parallel
+  if batch % micro:
+    raise ConfigError("config.train.grad_accum_steps", f"{config.train.grad_accum_steps} "
+                      f"micro-batches of batch_size {batch} do not split evenly over the "
+                      f"data-parallel size {data_parallel}",
+                      f"make batch_size a multiple of {micro}")
   if batch % num_processes:
     raise ConfigError("config.train.batch_size", f"{batch} is not divisible by the {num_processes}"
                       " processes", f"use a multiple of {num_processes}")
@@ -165,6 +171,9 @@ def _check_train(train) -> None:
     _check_number(train[name], f"config.train.{name}", 0.0, 1.0)
   for step in train.debug_nan_steps:
     _check_int(step, "config.train.debug_nan_steps", minimum=1)
+  _check_int(train.grad_accum_steps, "config.train.grad_accum_steps", minimum=1)
+  _check_number(train.memory_values_lr_mult, "config.train.memory_values_lr_mult", 0.0)
+  _check_number(train.memory_values_weight_decay, "config.train.memory_values_weight_decay", 0.0)
 
 
 def _check_choice(name: str, kind: str, field: str) -> None:
@@ -204,7 +213,11 @@ def _check_model(model) -> None:
   _check_dtype(model.dtype, "config.model.dtype")
   _check_dtype(model.param_dtype, "config.model.param_dtype")
   _check_number(model.aux_loss_coef, "config.model.aux_loss_coef", 0.0)
-  for kind in ("mixer", "ffn"):
+  if model.remat not in ("none", "full", "dots_saveable"):
+    raise ConfigError("config.model.remat", f"unknown policy {model.remat!r}",
+                      "choose from none, full, dots_saveable")
+  _check_choice(model.memory_ffn, "ffn", "config.model.memory_ffn")
+  for kind in ("mixer", "ffn", "input_branch"):
     for layer in registry.REGISTRIES[kind]:
       _check_layer_options(model[layer], f"config.model.{layer}")
 
