@@ -38,6 +38,41 @@ def from_chunks(x: jnp.ndarray) -> jnp.ndarray:
   return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
 
 
+def split_chunks(inputs: PyTree, chunk_size: int, *,
+                 pad_values: PyTree | None = None) -> tuple[PyTree, jnp.ndarray]:
+  """Pads a pytree of `[B, T, ...]` arrays to a multiple of C and cuts it into `[N, B, C, ...]` chunks.
+
+  Returns `(chunks, valid)` with `valid [N, B, C]` bool, False on the padding after the last token.
+  `pad_values` is an optional pytree (same structure as `inputs`) of scalars; zeros by default.
+  """
+  batch, length = jax.tree.leaves(inputs)[0].shape[:2]
+  if pad_values is None:
+    pad_values = jax.tree.map(lambda _: 0, inputs)
+  padded = jax.tree.map(lambda x, v: pad_time(x, chunk_size, v), inputs, pad_values)
+  valid = pad_time(jnp.ones((batch, length), bool), chunk_size, False)
+  return jax.tree.map(lambda x: to_chunks(x, chunk_size), (padded, valid))
+
+
+def merge_chunks(outputs: PyTree, length: int) -> PyTree:
+  """Inverse of `split_chunks`: `[N, B, C, ...]` leaves -> `[B, length, ...]`, padding removed."""
+  return jax.tree.map(lambda y: from_chunks(y)[:, :length], outputs)
+
+
+def scan_chunks(step: Callable[[PyTree, PyTree, jnp.ndarray], tuple[PyTree, PyTree]],
+                carry: PyTree, chunks: PyTree, valid: jnp.ndarray, *,
+                unroll: int = 1) -> tuple[PyTree, PyTree]:
+  """`lax.scan` of `step(carry, chunk, valid) -> (carry, outputs)` over already split chunks.
+
+  For ops that do the intra-chunk work for all chunks at once (batched over N) and only carry the
+  state sequentially. `chunks` and `valid` come from `split_chunks`; outputs stay `[N, B, C, ...]`.
+  """
+  def body(c, chunk_and_valid):
+    chunk, v = chunk_and_valid
+    return step(c, chunk, v)
+
+  return jax.lax.scan(body, carry, (chunks, valid), unroll=unroll)
+
+
 def chunked_scan(step: Callable[[PyTree, PyTree, jnp.ndarray], tuple[PyTree, PyTree]],
                  carry: PyTree, inputs: PyTree, chunk_size: int, *,
                  pad_values: PyTree | None = None, unroll: int = 1) -> tuple[PyTree, PyTree]:
@@ -57,18 +92,7 @@ def chunked_scan(step: Callable[[PyTree, PyTree, jnp.ndarray], tuple[PyTree, PyT
   Returns:
     `(final_carry, outputs)` with outputs `[B, T, ...]`, the padding removed.
   """
-  leaves = jax.tree.leaves(inputs)
-  batch, length = leaves[0].shape[:2]
-  if pad_values is None:
-    pad_values = jax.tree.map(lambda _: 0, inputs)
-  padded = jax.tree.map(lambda x, v: pad_time(x, chunk_size, v), inputs, pad_values)
-  valid = pad_time(jnp.ones((batch, length), bool), chunk_size, False)
-  xs = jax.tree.map(lambda x: to_chunks(x, chunk_size), (padded, valid))
-
-  def body(c, chunk_and_valid):
-    chunk, v = chunk_and_valid
-    return step(c, chunk, v)
-
-  carry, outputs = jax.lax.scan(body, carry, xs, unroll=unroll)
-  outputs = jax.tree.map(lambda y: from_chunks(y)[:, :length], outputs)
-  return carry, outputs
+  length = jax.tree.leaves(inputs)[0].shape[1]
+  chunks, valid = split_chunks(inputs, chunk_size, pad_values=pad_values)
+  carry, outputs = scan_chunks(step, carry, chunks, valid, unroll=unroll)
+  return carry, merge_chunks(outputs, length)

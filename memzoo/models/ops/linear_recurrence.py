@@ -1,0 +1,227 @@
+"""The recurrence behind linear attention and the delta rule, in chunk, recurrent and parallel form.
+
+Per head, with a float32 state S_t of shape `[Dk, Dv]` and D_t = diag(exp(g_t)):
+
+  S_t = D_t S_{t-1} + k_t u_t^T,        o_t = scale * S_t^T q_t
+  linear attention:  u_t = v_t
+  delta rule:        u_t = beta_t (v_t - (D_t S_{t-1})^T k_t),
+                     i.e. S_t = (I - beta_t k_t k_t^T) D_t S_{t-1} + beta_t k_t v_t^T.
+
+g_t is a scalar per head (kept as a trailing axis of size 1) or a vector over Dk that decays the
+rows of S. For the delta rule with a vector gate the decay acts before the update (as in Kimi Delta
+Attention); with a scalar gate the order does not matter.
+
+Chunk form (Yang et al. 2024, "Gated Linear Attention", sec. 3; "Parallelizing Linear Transformers
+with the Delta Rule", sec. 3). Inside a chunk of C tokens let G_i = g_1 + ... + g_i and S_0 be the
+entering state. Unrolling the recurrence:
+
+  o_i = scale [ (exp(G_i) q_i)^T S_0 + sum_{j<=i} A_ij u_j ],  A_ij = sum_d q_id k_jd e^(G_id - G_jd)
+  S_C = exp(G_C) S_0 + sum_j (exp(G_C - G_j) k_j) u_j^T
+
+and for the delta rule the u_j solve the unit lower-triangular system (the UT / WY form)
+
+  (I + diag(beta) M) U = diag(beta) (V - (exp(G) K) S_0),  M_ij = sum_d k_id k_jd e^(G_id - G_jd), j < i
+  =>  U = U' - W S_0,  [W, U'] = (I + diag(beta) M)^{-1} diag(beta) [exp(G) K, V].
+
+A, M, W, U' and the decayed q / k do not depend on S_0: they are computed for all chunks at once
+(batched matmuls and one triangular solve per chunk). Only S_0 -> S_C runs sequentially, in a
+`lax.scan` over chunks (`chunking.scan_chunks`); the backward pass keeps one state per chunk.
+
+Stability: every exponent is G_i - G_j with j <= i, G_C - G_j, or G_i, all <= 0 for g <= 0, so no
+exp overflows whatever the decay strength. For vector gates A and M are built in sub-chunks of 16:
+blocks below the diagonal factor through the last position of the key's sub-chunk (both factors
+have exponents <= 0); diagonal blocks are computed pairwise.
+
+Packed documents: with r_i the number of document starts at positions <= i inside the chunk, token i
+sees token j only if r_i == r_j, sees S_0 only if r_i == 0; k_j reaches S_C only if r_j == r_C and
+S_0 survives the chunk only if r_C == 0.
+
+Padding (T not a multiple of C) is zeros: k = v = beta = g = 0 leaves the state untouched.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from memzoo.models.ops import chunking
+from memzoo.models.ops.segments import segment_starts
+
+SUB_CHUNK = 16  # sub-chunk of the vector-gate score computation
+
+
+def document_starts(segment_ids: jnp.ndarray | None, batch: int, length: int) -> jnp.ndarray:
+  """`[B, T]` bool: True where the state resets, i.e. the id differs from the previous token's.
+
+  Position 0 never resets: the initial state belongs to the first document.
+  """
+  if segment_ids is None:
+    return jnp.zeros((batch, length), bool)
+  return segment_starts(segment_ids).at[:, 0].set(False)
+
+
+def _masked_exp(exponent: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """`exp(exponent)` where `mask`, else 0; masked exponents (possibly large) are never exponentiated."""
+  return jnp.exp(jnp.where(mask, exponent, -jnp.inf))
+
+
+@jax.checkpoint
+def _vector_gate_scores(x: jnp.ndarray, y: jnp.ndarray, cum_gate: jnp.ndarray) -> jnp.ndarray:
+  """`[N, B, H, C, C]`: sum_d x_id y_jd exp(G_id - G_jd) for j <= i, zero above the diagonal.
+
+  `x, y, cum_gate`: `[N, B, C, H, D]`. Rematerialised in the backward pass: the pairwise
+  `[c, c, D]` blocks are never stored.
+  """
+  chunks, batch, size, heads, dim = x.shape
+  sub = SUB_CHUNK if size % SUB_CHUNK == 0 else size
+  blocks = size // sub
+  # One batch axis z = (chunk, batch): with a separate size-1 batch axis, XLA:CPU (jax 0.10.2)
+  # crashes running the backward of the sub-chunk product below.
+  xs, ys, gs = (a.reshape(chunks * batch, blocks, sub, heads, dim) for a in (x, y, cum_gate))
+  # Diagonal sub-chunks, pairwise.
+  lower = jnp.tril(jnp.ones((sub, sub), bool))[:, :, None, None]
+  pair_decay = _masked_exp(gs[:, :, :, None] - gs[:, :, None, :], lower)
+  diagonal = jnp.einsum("zIihd,zIjhd,zIijhd->zhIij", xs, ys, pair_decay)
+  # Sub-chunk J < I: factor through G at the end of J.
+  end = gs[:, :, -1]  # [z, J, H, D]
+  y_to_end = ys * jnp.exp(end[:, :, None] - gs)
+  earlier = (jnp.arange(blocks)[:, None] > jnp.arange(blocks)[None, :])[:, None, :, None, None]
+  x_from_end = xs[:, :, :, None] * _masked_exp(gs[:, :, :, None] - end[:, None, None], earlier)
+  below = jnp.einsum("zIiJhd,zJjhd->zhIiJj", x_from_end, y_to_end)
+  scores = below + jnp.einsum("zhIij,IJ->zhIiJj", diagonal, jnp.eye(blocks, dtype=x.dtype))
+  return scores.reshape(chunks, batch, heads, size, size)
+
+
+def decayed_scores(x, y, cum_gate, same_doc, *, strict: bool) -> jnp.ndarray:
+  """`[N, B, H, C, C]`: sum_d x_id y_jd exp(G_id - G_jd) for j <= i (j < i if strict) within the
+  same document, 0 elsewhere.
+
+  Args:
+    x, y: `[N, B, C, H, D]`.
+    cum_gate: G, `[N, B, C, H, 1]` (scalar gate) or `[N, B, C, H, D]` (vector gate).
+    same_doc: `[N, B, C, C]` bool.
+  """
+  size = x.shape[2]
+  mask = (jnp.tril(jnp.ones((size, size), bool), -1 if strict else 0) & same_doc)[:, :, None]
+  if cum_gate.shape[-1] == 1:
+    g = jnp.moveaxis(cum_gate[..., 0], -1, 2)  # [N, B, H, C]
+    decay = _masked_exp(g[..., :, None] - g[..., None, :], mask)
+    return jnp.einsum("nbihd,nbjhd->nbhij", x, y) * decay
+  return jnp.where(mask, _vector_gate_scores(x, y, cum_gate), 0.0)
+
+
+def _ut_transform(k, v, beta, cum_gate, sees_initial, same_doc):
+  """`(W, U')` of the delta-rule chunk form (module doc), both `[N, B, C, H, Dk | Dv]`."""
+  size, dk = k.shape[2], k.shape[-1]
+  m = decayed_scores(k, k, cum_gate, same_doc, strict=True)  # [N, B, H, C, C]
+  beta_rows = jnp.moveaxis(beta, -1, 2)[..., None]  # [N, B, H, C, 1]
+  system = jnp.eye(size, dtype=k.dtype) + beta_rows * m
+  rhs = jnp.concatenate([k * jnp.exp(cum_gate) * sees_initial, v], axis=-1) * beta[..., None]
+  solution = jax.scipy.linalg.solve_triangular(system, jnp.moveaxis(rhs, 3, 2), lower=True,
+                                               unit_diagonal=True)
+  solution = jnp.moveaxis(solution, 2, 3)
+  return solution[..., :dk], solution[..., dk:]
+
+
+def chunk_form(q, k, v, beta, log_decay, starts, state, scale, chunk_size):
+  """Chunkwise-parallel form. Arrays as prepared by `run`; returns `(o [B,T,H,Dv], state)`."""
+  length = q.shape[1]
+  inputs = {"q": q, "k": k, "v": v, "g": log_decay, "starts": starts}
+  if beta is not None:
+    inputs["beta"] = beta
+  c, valid = chunking.split_chunks(inputs, chunk_size)
+  cum_gate = jnp.cumsum(c["g"], axis=2)  # G, [N, B, C, H, Dg]
+  end_gate = cum_gate[:, :, -1:]
+  resets = jnp.cumsum(c["starts"], axis=2)  # r, [N, B, C]
+  same_doc = resets[:, :, :, None] == resets[:, :, None, :]
+  sees_initial = (resets == 0)[..., None, None]
+  reaches_final = (resets == resets[:, :, -1:])[..., None, None]
+  keeps_initial = (resets[:, :, -1] == 0)[..., None, None]
+
+  q_read = c["q"] * jnp.exp(cum_gate) * sees_initial
+  k_write = c["k"] * jnp.exp(end_gate - cum_gate) * reaches_final
+  chunk_decay = jnp.exp(end_gate[:, :, 0]) * keeps_initial  # [N, B, H, Dg]
+  scores = decayed_scores(c["q"], c["k"], cum_gate, same_doc, strict=False)
+  if beta is None:
+    w, u_free = None, c["v"]
+  else:
+    w, u_free = _ut_transform(c["k"], c["v"], c["beta"], cum_gate, sees_initial, same_doc)
+
+  def step(s, chunk, _):
+    q_read, k_write, decay, w, u_free = chunk
+    u = u_free if w is None else u_free - jnp.einsum("bchk,bhkv->bchv", w, s)
+    from_state = jnp.einsum("bchk,bhkv->bchv", q_read, s)
+    s = s * decay[..., None] + jnp.einsum("bchk,bchv->bhkv", k_write, u)
+    return s, (from_state, u)
+
+  state, (from_state, u) = chunking.scan_chunks(
+      step, state, (q_read, k_write, chunk_decay, w, u_free), valid)
+  o = scale * (from_state + jnp.einsum("nbhij,nbjhv->nbihv", scores, u))
+  return chunking.merge_chunks(o, length), state
+
+
+def recurrent_form(q, k, v, beta, log_decay, starts, state, scale):
+  """Token-by-token form (`lax.scan` over time). Arrays as prepared by `run`."""
+  inputs = {"q": q, "k": k, "v": v, "g": log_decay, "starts": starts}
+  if beta is not None:
+    inputs["beta"] = beta
+
+  def step(s, token, _):
+    x = jax.tree.map(lambda a: a[:, 0], token)
+    decay = jnp.where(x["starts"][:, None, None], 0.0, jnp.exp(x["g"]))  # [B, H, Dg]
+    s = s * decay[..., None]
+    u = x["v"]
+    if beta is not None:
+      u = x["beta"][..., None] * (u - jnp.einsum("bhk,bhkv->bhv", x["k"], s))
+    s = s + jnp.einsum("bhk,bhv->bhkv", x["k"], u)
+    return s, scale * jnp.einsum("bhk,bhkv->bhv", x["q"], s)[:, None]
+
+  state, o = chunking.chunked_scan(step, state, inputs, 1)
+  return o, state
+
+
+def _check(condition: bool, name: str, problem: str, fix: str) -> None:
+  if not condition:
+    raise ValueError(f"{name}: {problem}; {fix}")
+
+
+def run(q, k, v, beta, *, log_decay, scale, initial_state, segment_ids, mode, chunk_size, modes):
+  """Validates the arguments of `linear_attention` / `delta_rule` and runs the chosen form.
+
+  `beta` is None for linear attention. Returns `(o [B, T, H, Dv] in q's dtype, state float32)`.
+  """
+  _check(mode in modes, "mode", f"got {mode!r}", f"use one of {', '.join(map(repr, modes))}")
+  _check(q.ndim == 4, "q", f"shape {q.shape} is not [B, T, H, Dk]", "pass q as [B, T, H, Dk]")
+  b, t, h, dk = q.shape
+  dv = v.shape[-1]
+  _check(k.shape == q.shape, "k", f"shape {k.shape} differs from q {q.shape}",
+         "give q and k the same [B, T, H, Dk]")
+  _check(v.shape == (b, t, h, dv), "v", f"shape {v.shape} does not match q {q.shape}",
+         "pass v as [B, T, H, Dv]")
+  _check(beta is None or beta.shape == (b, t, h), "beta", f"shape {getattr(beta, 'shape', None)}",
+         f"pass beta as [B, T, H] = {(b, t, h)}")
+  _check(log_decay is None or log_decay.shape in ((b, t, h), (b, t, h, dk)), "log_decay",
+         f"shape {getattr(log_decay, 'shape', None)}",
+         f"pass [B, T, H] = {(b, t, h)} (scalar gate) or [B, T, H, Dk] = {(b, t, h, dk)}")
+  _check(initial_state is None or initial_state.shape == (b, h, dk, dv), "initial_state",
+         f"shape {getattr(initial_state, 'shape', None)}", f"pass [B, H, Dk, Dv] = {(b, h, dk, dv)}")
+  _check(segment_ids is None or segment_ids.shape == (b, t), "segment_ids",
+         f"shape {getattr(segment_ids, 'shape', None)}", f"pass [B, T] = {(b, t)}")
+  _check(isinstance(chunk_size, int) and chunk_size > 0, "chunk_size", f"got {chunk_size!r}",
+         "use a positive int such as 64")
+
+  f32 = lambda a: None if a is None else a.astype(jnp.float32)
+  scale = dk ** -0.5 if scale is None else scale
+  if log_decay is None:
+    log_decay = jnp.zeros((b, t, h, 1), jnp.float32)
+  elif log_decay.ndim == 3:
+    log_decay = log_decay[..., None]
+  state = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None
+           else initial_state.astype(jnp.float32))
+  args = (f32(q), f32(k), f32(v), f32(beta), f32(log_decay), document_starts(segment_ids, b, t),
+          state, scale)
+  if mode == "recurrent":
+    o, state = recurrent_form(*args)
+  else:
+    if mode == "parallel":  # one chunk holding the whole sequence
+      chunk_size = -(-t // SUB_CHUNK) * SUB_CHUNK
+    o, state = chunk_form(*args, chunk_size)
+  return o.astype(q.dtype), state
