@@ -17,7 +17,8 @@ from memzoo.models.ops.delta_rule import delta_rule
 from memzoo.models.ops.linear_attention import linear_attention
 
 OPS = {"linear_attention": linear_attention, "delta_rule": delta_rule}
-MODES = {"linear_attention": ("chunk", "recurrent", "parallel"), "delta_rule": ("chunk", "recurrent")}
+MODES = {"linear_attention": ("chunk", "recurrent", "parallel"),
+         "delta_rule": ("chunk", "recurrent")}
 DECAY_SCALES = (0.1, 1.0, 10.0)  # gate strength of batch rows 0, 1, 2, ...
 FP32_TOL = 2e-5  # float32 arithmetic against float64
 # These shapes are tiny: compiling dominates, and LLVM's optimisations only cost time here.
@@ -25,7 +26,7 @@ jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_lev
 
 
 def naive_recurrence(args, segment_ids):
-  """The definition, token by token: decay (zero at a new document), write (plain or delta), read."""
+  """The definition, token by token: decay (zero at a new document), write (plain / delta), read."""
   q, k, v = args["q"], args["k"], args["v"]
   beta, g = args.get("beta"), args.get("log_decay")
   b, t, h, dk = q.shape
@@ -150,7 +151,7 @@ def test_every_mode_matches_float64_loop(op, mode, gate):
     ("linear_attention", 500, 32, 1, "vector"), ("delta_rule", 1, 64, 3, "vector"),
     ("delta_rule", 63, 16, 3, "none"), ("delta_rule", 500, 64, 1, "scalar")])
 def test_awkward_lengths_and_chunk_sizes(op, t, chunk_size, b, gate):
-  """Chunk form, with gradients: T = 1, 63, 500 with chunks of 16, 32, 64; no gate, scalar, vector."""
+  """Chunk form with gradients: T = 1, 63, 500; chunks of 16, 32, 64; no gate, scalar, vector."""
   check(op, "chunk", t=t, b=b, dk=60 if t < 500 else 16, gate=gate, chunk_size=chunk_size)
 
 

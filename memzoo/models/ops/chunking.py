@@ -40,7 +40,7 @@ def from_chunks(x: jnp.ndarray) -> jnp.ndarray:
 
 def split_chunks(inputs: PyTree, chunk_size: int, *,
                  pad_values: PyTree | None = None) -> tuple[PyTree, jnp.ndarray]:
-  """Pads a pytree of `[B, T, ...]` arrays to a multiple of C and cuts it into `[N, B, C, ...]` chunks.
+  """Pads a pytree of `[B, T, ...]` arrays to a multiple of C and cuts them into `[N, B, C, ...]`.
 
   Returns `(chunks, valid)` with `valid [N, B, C]` bool, False on the padding after the last token.
   `pad_values` is an optional pytree (same structure as `inputs`) of scalars; zeros by default.

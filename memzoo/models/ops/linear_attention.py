@@ -10,7 +10,7 @@ def linear_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *,
                      initial_state: jnp.ndarray | None = None,
                      segment_ids: jnp.ndarray | None = None, mode: str = "chunk",
                      chunk_size: int = 64) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Causal (gated) linear attention: `S_t = exp(g_t) * S_{t-1} + k_t v_t^T`, `o_t = scale q_t^T S_t`.
+  """Causal (gated) linear attention: `S_t = exp(g_t) S_{t-1} + k_t v_t^T`, `o_t = scale q_t^T S_t`.
 
   The current token is included in its own output. The math of every form is in
   `ops/linear_recurrence.py`.

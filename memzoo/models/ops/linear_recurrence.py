@@ -15,12 +15,12 @@ Chunk form (Yang et al. 2024, "Gated Linear Attention", sec. 3; "Parallelizing L
 with the Delta Rule", sec. 3). Inside a chunk of C tokens let G_i = g_1 + ... + g_i and S_0 be the
 entering state. Unrolling the recurrence:
 
-  o_i = scale [ (exp(G_i) q_i)^T S_0 + sum_{j<=i} A_ij u_j ],  A_ij = sum_d q_id k_jd e^(G_id - G_jd)
+  o_i = scale [ (exp(G_i) q_i)^T S_0 + sum_{j<=i} A_ij u_j ],   A_ij = sum_d q_id k_jd e^(G_id-G_jd)
   S_C = exp(G_C) S_0 + sum_j (exp(G_C - G_j) k_j) u_j^T
 
 and for the delta rule the u_j solve the unit lower-triangular system (the UT / WY form)
 
-  (I + diag(beta) M) U = diag(beta) (V - (exp(G) K) S_0),  M_ij = sum_d k_id k_jd e^(G_id - G_jd), j < i
+  (I + diag(beta) M) U = diag(beta) (V - (exp(G) K) S_0),   M_ij = sum_d k_id k_jd e^(G_id-G_jd), j<i
   =>  U = U' - W S_0,  [W, U'] = (I + diag(beta) M)^{-1} diag(beta) [exp(G) K, V].
 
 A, M, W, U' and the decayed q / k do not depend on S_0: they are computed for all chunks at once
@@ -59,7 +59,7 @@ def document_starts(segment_ids: jnp.ndarray | None, batch: int, length: int) ->
 
 
 def _masked_exp(exponent: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-  """`exp(exponent)` where `mask`, else 0; masked exponents (possibly large) are never exponentiated."""
+  """`exp(exponent)` where `mask`, else 0; masked (possibly large) exponents are never exponentiated."""
   return jnp.exp(jnp.where(mask, exponent, -jnp.inf))
 
 
@@ -202,7 +202,8 @@ def run(q, k, v, beta, *, log_decay, scale, initial_state, segment_ids, mode, ch
          f"shape {getattr(log_decay, 'shape', None)}",
          f"pass [B, T, H] = {(b, t, h)} (scalar gate) or [B, T, H, Dk] = {(b, t, h, dk)}")
   _check(initial_state is None or initial_state.shape == (b, h, dk, dv), "initial_state",
-         f"shape {getattr(initial_state, 'shape', None)}", f"pass [B, H, Dk, Dv] = {(b, h, dk, dv)}")
+         f"shape {getattr(initial_state, 'shape', None)}",
+         f"pass [B, H, Dk, Dv] = {(b, h, dk, dv)}")
   _check(segment_ids is None or segment_ids.shape == (b, t), "segment_ids",
          f"shape {getattr(segment_ids, 'shape', None)}", f"pass [B, T] = {(b, t)}")
   _check(isinstance(chunk_size, int) and chunk_size > 0, "chunk_size", f"got {chunk_size!r}",

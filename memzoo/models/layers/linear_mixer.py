@@ -1,0 +1,108 @@
+"""The skeleton shared by the linear-recurrent mixers (retention, linear attention, GLA, DeltaNet, GDN).
+
+  x -> q, k, v projections [-> short causal conv -> SiLU]
+    -> layer features (RoPE, feature map, L2 norm, beta, decay)      (subclass: `features`)
+    -> linear_attention or delta_rule                                 (subclass: `op`)
+    -> per-head RMSNorm [* swish(gate(x))] -> output projection.
+
+Training runs the chunk form over the whole sequence; `prefill` runs it from a carried state and
+`step` runs one token of the recurrent form. The decode state holds the `[B, H, Dk, Dv]` float32
+matrix, the short-conv tails and the position reached.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from memzoo.models.layers.base import Mixer
+from memzoo.models.layers.common import Dense, RMSNorm, ShortConv
+from memzoo.models.ops.linear_attention import linear_attention
+from memzoo.models.ops.segments import segment_positions
+
+
+class LinearMixer(Mixer):
+  """Base class; subclasses set `op` and implement `features`.
+
+  Args:
+    d_model: model width.
+    num_heads: H.
+    key_dim, value_dim: per-head widths of the q / k and v projections.
+    state_key_dim: Dk of the recurrent state, if `features` changes it (feature maps).
+    conv_size: kernel of the short causal conv on q, k, v (followed by SiLU); None for no conv.
+    output_gate: multiply the normalised output by swish(W_g x) (RetNet, GLA, GDN).
+    mode: form used by `__call__` and `prefill` ("chunk", "recurrent", or "parallel" where the op
+      has it); `step` always runs the recurrent form.
+    chunk_size: chunk length of the chunk form.
+    norm_eps: epsilon of the per-head output RMSNorm.
+  """
+
+  op = staticmethod(linear_attention)
+
+  def __init__(self, d_model: int, num_heads: int, key_dim: int, value_dim: int, *,
+               state_key_dim: int | None = None, conv_size: int | None = None,
+               output_gate: bool = True, mode: str = "chunk", chunk_size: int = 64,
+               norm_eps: float = 1e-5, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    axes = ("embed", "heads", "head_dim")
+    self.q_proj = Dense(d_model, (num_heads, key_dim), axes=axes, **kw)
+    self.k_proj = Dense(d_model, (num_heads, key_dim), axes=axes, **kw)
+    self.v_proj = Dense(d_model, (num_heads, value_dim), axes=axes, **kw)
+    conv = lambda width: ShortConv((num_heads, width), kernel_size=conv_size,
+                                   axes=("heads", "head_dim"), param_dtype=param_dtype, rngs=rngs)
+    self.convs = nnx.List([conv(key_dim), conv(key_dim), conv(value_dim)]) if conv_size else None
+    self.out_norm = RMSNorm(value_dim, axes=("head_dim",), eps=norm_eps, param_dtype=param_dtype,
+                            rngs=rngs)
+    self.gate_proj = (Dense(d_model, (num_heads, value_dim), axes=axes, **kw) if output_gate
+                      else None)
+    self.o_proj = Dense((num_heads, value_dim), d_model, axes=("heads", "head_dim", "embed"), **kw)
+    self.num_heads, self.value_dim = num_heads, value_dim
+    self.state_key_dim = state_key_dim or key_dim
+    self.mode, self.chunk_size = mode, chunk_size
+
+  def features(self, x, q, k, v, positions) -> dict:
+    """`x [B, T, d]`, `q, k [B, T, H, key_dim]`, `v`, `positions [B, T]` -> the op's keyword
+    arguments: `q, k, v` and, as the layer needs them, `beta`, `log_decay`, `scale`."""
+    raise NotImplementedError
+
+  def _mix(self, x, *, segment_ids, state, mode):
+    b, t, _ = x.shape
+    q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    conv_state = None
+    if self.convs is not None:
+      tails = (None,) * 3 if state is None else state["conv"]
+      outs = [conv(a, segment_ids=segment_ids, state=tail)
+              for conv, a, tail in zip(self.convs, (q, k, v), tails)]
+      (q, k, v), conv_state = (tuple(jax.nn.silu(a) for a, _ in outs), tuple(s for _, s in outs))
+    if state is None:
+      positions = segment_positions(segment_ids, b, t)
+    else:
+      positions = jnp.broadcast_to(state["pos"] + jnp.arange(t, dtype=jnp.int32), (b, t))
+    o, recurrent = self.op(**self.features(x, q, k, v, positions),
+                           initial_state=None if state is None else state["recurrent"],
+                           segment_ids=segment_ids, mode=mode, chunk_size=self.chunk_size)
+    y = self.out_norm(o)
+    if self.gate_proj is not None:
+      y = y * jax.nn.silu(self.gate_proj(x))
+    new_state = None if state is None else {"recurrent": recurrent, "conv": conv_state,
+                                             "pos": state["pos"] + t}
+    return self.o_proj(y), new_state
+
+  def __call__(self, x, *, segment_ids=None):
+    return self._mix(x, segment_ids=segment_ids, state=None, mode=self.mode)[0]
+
+  def init_state(self, batch_size: int, max_len: int):
+    """O(1) in `max_len`: `{"recurrent": [B, H, Dk, Dv] f32, "conv": tails or None, "pos": int}`."""
+    del max_len
+    dtype = self.q_proj.dtype or self.q_proj.kernel[...].dtype
+    conv = (None if self.convs is None else
+            tuple(conv.init_state(batch_size, dtype) for conv in self.convs))
+    shape = (batch_size, self.num_heads, self.state_key_dim, self.value_dim)
+    return {"recurrent": jnp.zeros(shape, jnp.float32), "conv": conv,
+            "pos": jnp.zeros((), jnp.int32)}
+
+  def prefill(self, x, state):
+    return self._mix(x, segment_ids=None, state=state, mode=self.mode)
+
+  def step(self, x_t, state):
+    y, state = self._mix(x_t[:, None], segment_ids=None, state=state, mode="recurrent")
+    return y[:, 0], state
