@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from memzoo.models.ops.delta_rule import delta_rule
 from memzoo.models.ops.linear_attention import linear_attention
+from memzoo.models.ops.linear_recurrence import unit_lower_inverse
 
 OPS = {"linear_attention": linear_attention, "delta_rule": delta_rule}
 MODES = {"linear_attention": ("chunk", "recurrent", "parallel"),
@@ -223,3 +224,18 @@ def test_delta_rule_has_no_parallel_mode():
   q = jnp.zeros((1, 5, 2, 4))
   with pytest.raises(ValueError, match="mode"):
     delta_rule(q, q, q, jnp.zeros((1, 5, 2)), mode="parallel")
+
+
+@pytest.mark.parametrize("size", [48, 64])
+def test_unit_lower_inverse_on_correlated_keys(size):
+  """The delta-rule system I + beta K K^T (strictly lower) with nearly parallel keys of random sign
+  and beta up to 2: the block inversion matches float64 to float32 precision."""
+  rng = np.random.default_rng(size)
+  base = rng.normal(size=(4, 1, 32))
+  k = base * rng.choice([-1.0, 1.0], size=(4, size, 1)) + 0.05 * rng.normal(size=(4, size, 32))
+  k /= np.linalg.norm(k, axis=-1, keepdims=True)
+  beta = rng.uniform(0, 2, size=(4, size, 1))
+  strict = beta * np.tril(k @ np.swapaxes(k, 1, 2), -1)
+  want = np.linalg.inv(np.eye(size) + strict)
+  got = np.asarray(unit_lower_inverse(jnp.asarray(strict, jnp.float32)), np.float64)
+  assert np.max(np.abs(got - want)) <= 2e-5 * np.max(np.abs(want))
