@@ -87,10 +87,10 @@ def scaling(a) -> dict:
   results = {}
   for row in a.layers:
     name, options = LAYERS[row]
-    results[row], too_slow = {}, False
+    results[row], stop = {}, None
     for length in a.lengths:
-      if too_slow:
-        results[row][length] = f"skipped (> {a.max_seconds:g} s)"
+      if stop:
+        results[row][length] = stop
         continue
       try:
         fn, params = layer_fwd_bwd(name, options, d_model=a.d_model, num_heads=a.num_heads,
@@ -101,10 +101,11 @@ def scaling(a) -> dict:
         seconds = time_call(fn, params, x, cotangent, repeats=a.repeats)
       except Exception as e:  # noqa: BLE001  (out of memory, or an impl that has not landed)
         results[row][length] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
-        too_slow = True
+        stop = "skipped (failed at a shorter T)"
         continue
       results[row][length] = 1e6 * seconds / (a.batch * length)
-      too_slow = seconds > a.max_seconds
+      if seconds > a.max_seconds:
+        stop = f"skipped (> {a.max_seconds:g} s at a shorter T)"
       print(f"{row:20s} T={length:6d} {results[row][length]:10.3f} us/token", flush=True)
   return results
 
