@@ -2,7 +2,7 @@
 
 Needs torch and torchscale only (no JAX), so bench.py can run it under another interpreter:
 
-  /work/peers-venv/bin/python experiments/bench_linear/torchscale_retention.py --batch 2 --length 1024
+  /work/peers-venv/bin/python experiments/bench_linear/torchscale_retention.py --length 1024
 
 prints one JSON line: {"seconds": median, "runs": [...], "torch": version, "threads": n}.
 """

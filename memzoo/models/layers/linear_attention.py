@@ -1,4 +1,4 @@
-"""Linear attention with a kernel feature map (Katharopoulos et al. 2020; Based, Arora et al. 2024)."""
+"""Linear attention with a feature map (Katharopoulos et al. 2020; Based, Arora et al. 2024)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ from memzoo.models.layers.registry import register_mixer
 
 def taylor2(x: jnp.ndarray) -> jnp.ndarray:
   """Second-order Taylor map of exp (Based): `[1, x / d^(1/4), vec(x x^T) / (sqrt(2) sqrt(d))]`,
-  so that `phi(q) . phi(k) = 1 + q.k / sqrt(d) + (q.k)^2 / (2 d)`. `[..., d] -> [..., 1 + d + d^2]`."""
+  so that `phi(q) . phi(k) = 1 + q.k / sqrt(d) + (q.k)^2 / (2 d)`; `[..., d] -> [..., 1+d+d^2]`."""
   d = x.shape[-1]
   outer = (x[..., :, None] * x[..., None, :]).reshape(x.shape[:-1] + (d * d,))
   return jnp.concatenate([jnp.ones_like(x[..., :1]), x * d ** -0.25, outer / (2 * d) ** 0.5], -1)

@@ -1,4 +1,4 @@
-"""The skeleton shared by the linear-recurrent mixers (retention, linear attention, GLA, DeltaNet, GDN).
+"""The skeleton shared by the linear-recurrent mixers (retention, linear attention, GLA, DeltaNets).
 
   x -> q, k, v projections [-> short causal conv -> SiLU]
     -> layer features (RoPE, feature map, L2 norm, beta, decay)      (subclass: `features`)

@@ -12,8 +12,8 @@ def delta_rule(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, beta: jnp.ndarray
   """`S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T`, `o_t = scale q_t^T S_t`.
 
   a_t = exp(g_t) (1 without decay). The chunk form uses the UT / WY representation (a unit
-  lower-triangular system per chunk, see `ops/linear_recurrence.py`). The recurrence is contractive for
-  `||k_t|| <= 1`, `0 <= beta_t <= 2`: callers L2-normalise k and squash beta (sigmoid).
+  lower-triangular system per chunk, see `ops/linear_recurrence.py`). The recurrence is
+  contractive for `||k_t|| <= 1`, `0 <= beta_t <= 2`: callers L2-normalise k and squash beta.
 
   Args:
     q, k: `[B, T, H, Dk]`.

@@ -20,7 +20,7 @@ entering state. Unrolling the recurrence:
 
 and for the delta rule the u_j solve the unit lower-triangular system (the UT / WY form)
 
-  (I + diag(beta) M) U = diag(beta) (V - (exp(G) K) S_0),   M_ij = sum_d k_id k_jd e^(G_id-G_jd), j<i
+  (I + diag(beta) M) U = diag(beta) (V - (exp(G) K) S_0),  M_ij = sum_d k_id k_jd e^(G_id-G_jd), j<i
   =>  U = U' - W S_0,  [W, U'] = (I + diag(beta) M)^{-1} diag(beta) [exp(G) K, V].
 
 A, M, W, U' and the decayed q / k do not depend on S_0: they are computed for all chunks at once
@@ -60,7 +60,7 @@ def document_starts(segment_ids: jnp.ndarray | None, batch: int, length: int) ->
 
 
 def _masked_exp(exponent: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-  """`exp(exponent)` where `mask`, else 0; masked (possibly large) exponents are never exponentiated."""
+  """`exp(exponent)` where `mask`, else 0; masked (possibly large) exponents are not evaluated."""
   return jnp.exp(jnp.where(mask, exponent, -jnp.inf))
 
 
