@@ -31,7 +31,7 @@ def build(name, **options):
 
 @pytest.mark.parametrize("name,options", [
     ("retention", {}), ("linear_attention", {"feature_map": "taylor2", "feature_dim": 4}),
-    ("gla", {}), ("deltanet", {}), ("gated_deltanet", {}), ("gated_deltanet", {"conv_size": None})])
+    ("gla", {}), ("gated_deltanet", {})])
 def test_prefill_then_step_across_chunks(name, options):
   """Chunks of 16 over 40 tokens: prefill 23 tokens (the state and conv tails cross a chunk
   boundary mid-chunk), then 17 recurrent steps == the chunk-form forward."""

@@ -139,20 +139,19 @@ def check(op, mode, *, chunk_size, seed=0, **shape):
   assert_close(got, cached_reference(op, seed, **shape), FP32_TOL, f"{op}/{mode} ")
 
 
-@pytest.mark.parametrize("gate", ["scalar", "vector"])
+@pytest.mark.parametrize("gate,t,chunk_size", [("scalar", 63, 16), ("vector", 75, 32)])
 @pytest.mark.parametrize("op,mode", [(op, m) for op in OPS for m in MODES[op]])
-def test_every_mode_matches_float64_loop(op, mode, gate):
-  """o, final state and gradients wrt q, k, v, beta, log_decay, initial_state; T = 75, Dk = 60,
-  chunks of 32; rows with gates x0.1 / x1 / x10; row 0 packs three documents."""
-  check(op, mode, gate=gate, documents=3, chunk_size=32)
+def test_every_mode_matches_float64_loop(op, mode, gate, t, chunk_size):
+  """o, final state and gradients wrt q, k, v, beta, log_decay, initial_state. Dk = 60; chunks
+  that do not divide T; rows with gates x0.1 / x1 / x10; row 0 packs three documents."""
+  check(op, mode, gate=gate, t=t, documents=3, chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize("op,t,chunk_size,b,gate", [
-    ("linear_attention", 1, 16, 3, "none"), ("linear_attention", 63, 64, 3, "scalar"),
-    ("linear_attention", 500, 32, 1, "vector"), ("delta_rule", 1, 64, 3, "vector"),
-    ("delta_rule", 63, 16, 3, "none"), ("delta_rule", 500, 64, 1, "scalar")])
+    ("linear_attention", 1, 64, 3, "none"), ("delta_rule", 1, 16, 3, "vector"),
+    ("linear_attention", 500, 64, 1, "vector"), ("delta_rule", 500, 32, 1, "scalar")])
 def test_awkward_lengths_and_chunk_sizes(op, t, chunk_size, b, gate):
-  """Chunk form with gradients: T = 1, 63, 500; chunks of 16, 32, 64; no gate, scalar, vector."""
+  """Chunk form with gradients at T = 1 and T = 500 (Dk = 16 there), and without a gate."""
   check(op, "chunk", t=t, b=b, dk=60 if t < 500 else 16, gate=gate, chunk_size=chunk_size)
 
 
@@ -174,7 +173,7 @@ def test_bfloat16_inputs_keep_float32_state(op):
   assert_close(np.asarray(o, np.float64), np.asarray(want_o), 1e-2, "o")
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(b=st.integers(1, 2), t=st.integers(1, 90), h=st.integers(1, 3), dk=st.integers(1, 24),
        dv=st.integers(1, 24), chunk_size=st.sampled_from([16, 32, 48]),
        gate=st.sampled_from(["none", "scalar", "vector"]), op=st.sampled_from(sorted(OPS)),
