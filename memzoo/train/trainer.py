@@ -180,6 +180,7 @@ def train(config, workdir, overwrite: bool = False) -> dict:
   `config.train.max_bad_steps` consecutive non-finite steps: a checkpoint is saved, then
   `TrainingDiverged` is raised (the check runs when metrics are fetched, every `log_every` steps).
   """
+  distributed.maybe_initialize(config.distributed)  # before anything touches a device
   with StopRequests() as stop:
     run = setup(config, workdir, overwrite)
     train_cfg = run.config.train
