@@ -10,6 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from memzoo.models.ops import memory_mlp
 from memzoo.models.ops.neural_memory import memory_state, neural_memory, neural_memory_linear
+from memzoo.models.ops.polynomial_features import (feature_dim, polynomial_features,
+                                                   taylor_coefficients)
 
 
 @partial(jax.jit, static_argnums=(2, 3))
@@ -299,19 +301,32 @@ def test_newton_schulz_orthogonalises():
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(lr=np.zeros((2, 5, 3))), "lr must be"),
-    (dict(v=np.zeros((2, 4, 2, 3))), "q, k, v"),
+    (dict(lr=jnp.zeros((2, 5, 3))), "lr must be"),
+    (dict(v=jnp.zeros((2, 4, 2, 3))), "q, k, v"),
     (dict(chunk_size=0), "chunk_size"),
     (dict(mode="parallel"), "mode="),
-    (dict(residual=True, v=np.zeros((2, 5, 2, 3))), "residual"),
+    (dict(residual=True, v=jnp.zeros((2, 5, 2, 3))), "residual"),
     (dict(activation="relu"), "activation="),
 ])
 def test_bad_arguments_raise(change, message):
-  args = dict(q=np.zeros((2, 5, 2, 4)), k=np.zeros((2, 5, 2, 4)), v=np.zeros((2, 5, 2, 4)),
-              lr=np.zeros((2, 5, 2)), momentum=np.zeros((2, 5, 2)), decay=np.zeros((2, 5, 2)),
+  args = dict(q=jnp.zeros((2, 5, 2, 4)), k=jnp.zeros((2, 5, 2, 4)), v=jnp.zeros((2, 5, 2, 4)),
+              lr=jnp.zeros((2, 5, 2)), momentum=jnp.zeros((2, 5, 2)), decay=jnp.zeros((2, 5, 2)),
               chunk_size=2)
   args.update(change)
   d_out = args["v"].shape[-1]
   state = memory_state((jnp.zeros((2, 2, 4, d_out)),))
   with pytest.raises(ValueError, match=message):
     neural_memory(**args, state=state)
+
+
+def test_polynomial_features_give_the_taylor_kernel():
+  """phi(q) . phi(k) = sum_i a_i^2 (q . k)^i; with the initial a_i that is exp's Taylor series."""
+  r = np.random.default_rng(20)
+  q, k = r.normal(size=(5, 3)) / 2, r.normal(size=(5, 3)) / 2
+  with jax.enable_x64(True):
+    coef = taylor_coefficients(3)
+    phi_q, phi_k = polynomial_features(q, coef), polynomial_features(k, coef)
+  assert phi_q.shape == (5, feature_dim(3, 3)) == (5, 1 + 3 + 9 + 27)
+  got = np.sum(np.asarray(phi_q * phi_k), -1)
+  dot = np.sum(q * k, -1)
+  np.testing.assert_allclose(got, 1 + dot + dot ** 2 / 2 + dot ** 3 / 6, rtol=1e-12)

@@ -63,7 +63,7 @@ def test_hybrid_language_model_trains():
   """One LanguageModel layer per mixer (linear memories, to keep compilation short): a few Adam
   steps on one batch lower the loss, and every mixer's parameters get finite, non-zero gradients."""
   cfg = model_config("lmm", num_layers=4, mixers=("lmm", "mag", "mal", "mac"))
-  cfg.lmm.update(depth=1, chunk_size=4, poly_degree=1, residual_memory=False)
+  cfg.lmm.update(depth=1, chunk_size=4, poly_degree=1, learned_init=False)
   for name in ("mag", "mal", "mac"):
     cfg[name].update(CONFIGS[name])
     cfg[name].memory = dict(CONFIGS[name]["memory"], depth=1)

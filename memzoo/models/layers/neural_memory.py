@@ -5,9 +5,10 @@
     -> o_t = M_t(q_t) from the memory op (ops/neural_memory.py)
     -> per-head RMSNorm, SiLU output gate, output projection.
 
-The memory's initial weights M_0 are learned per head (titans-pytorch does the same; the paper leaves
-it open). `prefix` tokens (Titans' persistent memory, used by MAG / MAL) are read by the memory ahead
-of every document, as their own chunk(s): the memory starts each document from the state they leave.
+The memory's initial weights M_0 are learned per head (titans-pytorch does the same; the paper
+leaves it open). `prefix` tokens (Titans' persistent memory, used by MAG / MAL) are read by the
+memory ahead of every document, as their own chunk(s): each document starts from the state they
+leave.
 """
 
 from typing import Any
@@ -37,6 +38,8 @@ class NeuralMemory(Mixer):
     chunk_size: mini-batch of the memory's gradient descent (1 = online GD).
     depth, expansion, activation, residual_memory: the memory network (1 = linear memory; the
       paper's default is a 2-layer MLP, §5.5).
+    learned_init: learn the initial memory weights per head; False starts from zero weights (linear
+      memory only: a deep memory at zero gets no gradient).
     max_lr: theta_t = max_lr * sigmoid(W x_t). Deep memories diverge with rates near 1 (the inner
       gradient is not bounded by |k|^2 as in the linear case); 0.1 is titans-pytorch's train_mac.
     momentum, weight_decay: learn eta_t / alpha_t; False fixes them to 0 (the paper's ablations).
@@ -51,7 +54,8 @@ class NeuralMemory(Mixer):
 
   def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *,
                chunk_size: int = 64, depth: int = 2, expansion: float = 4.0,
-               activation: str = "gelu", residual_memory: bool = False, max_lr: float = 0.1,
+               activation: str = "gelu", residual_memory: bool = False, learned_init: bool = True,
+               max_lr: float = 0.1,
                momentum: bool = True, weight_decay: bool = True, conv_size: int = 4,
                silu: bool = True, qk_norm: bool = True, output_gate: bool = True,
                grad_clip: float | None = None, omega_window: int = 1, omega_gate: bool = True,
@@ -64,6 +68,9 @@ class NeuralMemory(Mixer):
     key_dim = feature_dim(head_dim, poly_degree) if poly_degree > 1 else head_dim
     if residual_memory and key_dim != head_dim:
       raise ValueError("residual_memory needs equal key and value widths; use poly_degree=1")
+    if not learned_init and depth > 1:
+      raise ValueError("learned_init=False (zero initial weights) needs depth=1: a deep memory "
+                       "at zero weights never gets a gradient")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     heads = ("embed", "heads", "head_dim")
     self.q_proj, self.k_proj, self.v_proj = (Dense(d_model, (num_heads, head_dim), axes=heads, **kw)
@@ -78,12 +85,15 @@ class NeuralMemory(Mixer):
                            axes=("embed", None, "heads"), use_bias=True,
                            bias_init=lambda key, shape, dtype: jnp.broadcast_to(
                                bias[:, None], shape).astype(dtype), **kw)
-    self.poly = (param(rngs, lambda key, shape, dtype: taylor_coefficients(poly_degree).astype(dtype),
-                       poly_degree + 1, (None,), param_dtype) if poly_degree > 1 else None)
+    taylor = lambda key, shape, dtype: taylor_coefficients(poly_degree).astype(dtype)
+    self.poly = (param(rngs, taylor, poly_degree + 1, (None,), param_dtype) if poly_degree > 1
+                 else None)
+    shapes = memory_mlp.layer_shapes(key_dim, head_dim, depth, expansion)
     self.initial_weights = nnx.List([
         param(rngs, fan_in_init(i) if depth > 1 else nnx.initializers.zeros_init(),
-              (num_heads, i, o), ("heads", None, None), param_dtype)
-        for i, o in memory_mlp.layer_shapes(key_dim, head_dim, depth, expansion)])
+              (num_heads, i, o), ("heads", None, None), param_dtype) for i, o in shapes]
+                                    if learned_init else [])
+    self.zero_init = None if learned_init else (num_heads,) + shapes[0]
     self.out_norm = RMSNorm((num_heads, head_dim), axes=("heads", "head_dim"),
                             param_dtype=param_dtype, rngs=rngs)
     self.out_gate = (Dense(d_model, (num_heads, head_dim), axes=heads, **kw) if output_gate
@@ -140,6 +150,8 @@ class NeuralMemory(Mixer):
     after reading them, moved to a chunk boundary with an empty Omega window."""
     weights = tuple(w[...].astype(jnp.promote_types(w.dtype, jnp.float32))[None]
                     for w in self.initial_weights)
+    if self.zero_init is not None:
+      weights = (jnp.zeros((1,) + self.zero_init, jnp.promote_types(self.dtype, jnp.float32)),)
     state = memory_state(weights, omega_window=self.omega_window)
     prefix_out = None
     if prefix is not None:

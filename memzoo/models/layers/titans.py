@@ -15,7 +15,7 @@ learned scales (§4.2: "normalise the outputs using learnable vector-valued weig
 non-linearity"). Memory options (chunk_size, depth, ...) are passed as the `memory` dict.
 
 Causality: the paper's MAC attends over [P; h; S] with h the retrieval of the whole segment; since
-h_j is computed from token j, a query i may only see h_j for j <= i (same rule as S). The gating read
+h_j is computed from token j, a query i may only see h_j for j <= i (as for S). The gating read
 `M(q(y_i))` uses the memory after token i's own write, not after the whole segment.
 """
 
@@ -34,7 +34,9 @@ from memzoo.models.layers.registry import register_mixer
 from memzoo.models.layers.window_attention import WindowAttention, prefix_attention
 from memzoo.models.ops.attention import attention_mask
 from memzoo.models.ops.chunking import chunked_scan
+from memzoo.models.ops.neural_memory import MemoryState
 from memzoo.models.ops.rope import apply_rope
+from memzoo.models.ops.segments import segment_positions
 
 
 # The memory's own options (everything but the widths and dtypes), with their defaults: the `memory`
@@ -50,6 +52,13 @@ def _memory_options(memory: Mapping[str, Any]) -> dict[str, Any]:
     raise ConfigError(f"memory.{unknown[0]}", "not an option of the neural memory",
                       f"valid options: {', '.join(MEMORY_OPTIONS)}")
   return {**MEMORY_OPTIONS, **memory}
+
+
+def _where_rows(pred, on_true: MemoryState, on_false: MemoryState) -> MemoryState:
+  """Per batch row (`pred [B]`), one memory state or the other (offsets are dropped)."""
+  def pick(x, y):
+    return jnp.where(pred.reshape(pred.shape + (1,) * (x.ndim - 1)), x, y)
+  return jax.tree.map(pick, on_true._replace(offset=None), on_false._replace(offset=None))
 
 
 class MemoryGate(nnx.Module):
@@ -189,7 +198,6 @@ class MemoryAsContext(_Titans):
     seg = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids
     q_x, _ = memory.features("q", x, segment_ids=segment_ids)
     prefix_k, prefix_v = self._prefix_kv(x.dtype)
-    local = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
     heads = memory.q_proj.out_shape
 
     def segment(carry, chunk, valid):
@@ -198,14 +206,14 @@ class MemoryAsContext(_Titans):
       xs, ids = chunk["x"], chunk["seg"]
       # A document that starts on this segment's first token starts from the initial memory.
       new_doc = ids[:, 0] != last_seg
-      state = jax.tree.map(lambda fresh, cur: jnp.where(
-          new_doc.reshape((b,) + (1,) * (cur.ndim - 1)), fresh, cur), start._replace(offset=None),
-                           state._replace(offset=None))._replace(offset=0)  # on a chunk boundary
+      state = _where_rows(new_doc, start, state)._replace(offset=0)  # on a chunk boundary
       # 1. Retrieve with the memory of the previous segment (the initial one for a new document).
       same_doc = (ids == ids[:, :1])[..., None]
       h = jnp.where(same_doc, self.memory.read(state.weights, chunk["q"], xs),
                     self.memory.read(start.weights, chunk["q"], xs))
       # 2. Attend over [P; h; S]: h_j and S_j are visible to queries i >= j of the same document.
+      # Positions count from the segment start, or from the document start inside the segment.
+      local = segment_positions(ids, b, n)
       q = apply_rope(self.attn.q_proj(xs), local, self.attn.rope_theta)
       keys = jnp.concatenate([apply_rope(self.attn.k_proj(z), local, self.attn.rope_theta)
                               for z in (h, xs)], axis=1)
@@ -227,7 +235,8 @@ class MemoryAsContext(_Titans):
       return (state, new_window, ext_seg[:, ext_seg.shape[1] - width:], ids[:, -1]), out
 
     window = {name: jnp.zeros((b, width) + heads, x.dtype) for name in "qkv"}
-    carry = (start._replace(offset=jnp.zeros((), jnp.int32)), window, jnp.full((b, width), -1, seg.dtype), jnp.full((b,), -1, seg.dtype))
+    carry = (start._replace(offset=jnp.zeros((), jnp.int32)), window,
+             jnp.full((b, width), -1, seg.dtype), jnp.full((b,), -1, seg.dtype))
     _, out = chunked_scan(segment, carry, {"x": x, "seg": seg, "q": q_x}, n)
     return out
 

@@ -110,6 +110,7 @@ class WindowAttention(nnx.Module):
     out = prefix_attention(split(q, 0), gather(hist_k, 0), gather(hist_v, 0), mask, prefix_k,
                            prefix_v)
     out = out.reshape((b, blocks * block) + out.shape[2:])[:, :t]
-    cache = {"k": hist_k[:, t:].astype(cache["k"].dtype), "v": hist_v[:, t:].astype(cache["v"].dtype),
-             "pos": hist_pos[:, t:], "next": cache["next"]}
+    cache = {"k": hist_k[:, t:].astype(cache["k"].dtype),
+             "v": hist_v[:, t:].astype(cache["v"].dtype), "pos": hist_pos[:, t:],
+             "next": cache["next"]}
     return self.o_proj(out), cache

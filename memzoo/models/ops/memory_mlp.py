@@ -7,8 +7,8 @@ activation or residual is the linear (matrix) memory `y = x^T M`.
 
 The gradient of `1/2 ||M(k) - v||^2` with respect to layer l is an outer product
 `a_{l-1} delta_l^T` of the layer's input and the loss gradient at its pre-activation. Keeping the
-gradient in this factored form is what lets the chunked memory op read from per-token weights without
-building them (the "dual form" of TTT, Sun et al. 2024, §2.7).
+gradient in this factored form is what lets the chunked memory op read from per-token weights
+without building them (the "dual form" of TTT, Sun et al. 2024, §2.7).
 """
 
 from functools import partial
@@ -116,7 +116,8 @@ def dual_read(queries: jnp.ndarray, coefs: Sequence[jnp.ndarray], bases: Sequenc
 
       W_c^l = sum_j coefs[j][c] * bases[j][l]  -  sum_p mixing[c, p] * inputs[l][p] deltas[l][p]^T,
 
-  without building `W_c`: `z^T W_c = sum_j coefs[j][c] (z^T B_j) - sum_p mixing[c, p] (z . a_p) d_p`.
+  without building `W_c`:
+  `z^T W_c = sum_j coefs[j][c] (z^T B_j) - sum_p mixing[c, p] (z . a_p) d_p`.
 
   Args:
     queries: `[B, H, C, Din]`.

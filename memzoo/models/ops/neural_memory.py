@@ -26,9 +26,10 @@ ATLAS options:
   * Per-sample gradient soft-clipping: `g <- c tanh(|g|/c) g/|g|`, before the Omega weights.
 
 Packed documents (`segment_ids`): at a document start the state becomes `reset_state` (weights,
-momentum) and the rest of that chunk takes its gradients at the reset weights. Chunks follow the global
-grid (position 0 of the call, continued through the state), so a document that starts mid-chunk has a
-shorter first mini-batch than it would alone. Token 0 of a call never resets: it continues the state.
+momentum) and the rest of that chunk takes its gradients at the reset weights. Chunks follow the
+global grid (position 0 of the call, continued through the state), so a document that starts
+mid-chunk has a shorter first mini-batch than it would alone. Token 0 of a call never resets: it
+continues the state.
 """
 
 from typing import NamedTuple, Sequence
@@ -46,8 +47,8 @@ Weights = tuple[jnp.ndarray, ...]
 class MemoryState(NamedTuple):
   """Decode / streaming state. Weight tuples hold one `[B, H, I, O]` array per memory layer.
 
-  weights: `M_t`.  momentum: `S_t`.  anchor: the weights at the start of the current chunk, where the
-  chunk's gradients are taken.  offset: tokens of the current chunk already seen (int32 scalar; the
+  weights: `M_t`.  momentum: `S_t`.  anchor: the weights at the start of the current chunk, where
+  the chunk's gradients are taken.  offset: tokens of the current chunk already seen (int32 scalar; the
   Python int 0 marks a state known to sit on a chunk boundary and selects the fast path).
   window_keys `[B, H, c-1, Din]`, window_values `[B, H, c-1, Dout]`, window_weights `[B, H, c-1]`:
   the last c-1 tokens of the Omega window (weight 0 marks an empty slot; c = 1 gives empty arrays).
@@ -145,7 +146,7 @@ def _chunk_step(rule: _Rule, reset_state, state: MemoryState, x, valid):
 
   la = _transition_products(jnp.where(reset, 0.0, keep))
   le = _transition_products(jnp.where(reset, 0.0, mom))
-  a0, a_mat = la[..., 1:, 0], la[..., 1:, 1:] * real.astype(la.dtype)     # S_j enters M only if real
+  a0, a_mat = la[..., 1:, 0], la[..., 1:, 1:] * real.astype(la.dtype)  # S_j enters M if j is real
   e0, e_mat = le[..., 1:, 0], le[..., 1:, 1:]
 
   # Tokens whose gradients enter this chunk: the Omega window before it, then the chunk itself.
@@ -155,14 +156,14 @@ def _chunk_step(rule: _Rule, reset_state, state: MemoryState, x, valid):
   ext_reset = jnp.concatenate([jnp.zeros(reset.shape[:2] + (slots,), bool), reset], axis=2)
   ext_real = jnp.concatenate([jnp.ones((slots,), bool), real])
   inputs, deltas = _weighted_gradients(rule, state.anchor, keys, values, ext_gamma)
-  if rule.has_resets:  # tokens after a reset in this chunk take their gradients at the reset weights
+  if rule.has_resets:  # tokens after a reset in this chunk take gradients at the reset weights
     after = jax.lax.cummax(ext_reset.astype(jnp.int32), axis=2).astype(bool)[..., None]
     r_inputs, r_deltas = _weighted_gradients(rule, reset_state[0], keys, values, ext_gamma)
     inputs = [jnp.where(after, r, g) for r, g in zip(r_inputs, inputs)]
     deltas = [jnp.where(after, r, g) for r, g in zip(r_deltas, deltas)]
 
   # Omega: token m's update sums the gradients of the last c real tokens of its own document, a
-  # banded [C, P] matrix applied on the right of every [C, C] coefficient matrix (identity if c = 1).
+  # banded [C, P] matrix applied on the right of each [C, C] coefficient matrix (identity if c = 1).
   mix = lambda m: m
   if slots:
     rank = jnp.cumsum(ext_real)
@@ -224,7 +225,8 @@ def _chunk_step(rule: _Rule, reset_state, state: MemoryState, x, valid):
 def _token_step(rule: _Rule, reset_state, state: MemoryState, x, valid):
   """One token of the recurrent form, literally the recurrence. `x` leaves are `[B, 1, ...]`."""
   del valid  # the recurrent form runs on unpadded chunks of one token
-  q, k, v, lr, mom, keep, gamma = (x[n][:, 0] for n in ("q", "k", "v", "lr", "mom", "keep", "gamma"))
+  names = ("q", "k", "v", "lr", "mom", "keep", "gamma")
+  q, k, v, lr, mom, keep, gamma = (x[n][:, 0] for n in names)
   if rule.has_resets:
     reset = x["reset"][:, 0]
     state = state._replace(
@@ -306,7 +308,8 @@ def neural_memory(q, k, v, lr, momentum, decay, *, state: MemoryState, chunk_siz
     grad_clip: soft-clip each token's gradient to this Frobenius norm (None: off).
     muon, ns_steps: ATLAS's orthogonalised momentum update with `ns_steps` Newton-Schulz steps.
     segment_ids: `[B, T]` packed documents; the state becomes `reset_state` where a new one starts.
-    reset_state: `(weights, momentum)` per layer, broadcastable to the state's shapes (zeros if None).
+    reset_state: `(weights, momentum)` per layer, broadcastable to the state's shapes (zeros if
+      None).
     mode: "chunk" (parallel inside chunks) or "recurrent" (token by token; decoding, reference).
 
   Returns:
@@ -323,8 +326,8 @@ def neural_memory(q, k, v, lr, momentum, decay, *, state: MemoryState, chunk_siz
   if has_resets:
     if reset_state is None:
       reset_state = (tuple(map(jnp.zeros_like, state.weights)),) * 2
-    reset_state = tuple(tuple(jnp.broadcast_to(cast(r), w.shape) for r, w in zip(part, state.weights))
-                        for part in reset_state)
+    reset_state = tuple(tuple(jnp.broadcast_to(cast(r), w.shape)
+                              for r, w in zip(part, state.weights)) for part in reset_state)
     resets = segment_starts(segment_ids) & (jnp.arange(t) > 0)
   else:
     resets = jnp.zeros((b, t), bool)
@@ -357,7 +360,8 @@ def neural_memory_linear(q, k, v, lr, momentum, decay, *, chunk_size: int,
   Args:
     q, k: `[B, T, H, Dk]`; v: `[B, T, H, Dv]`; lr, momentum, decay: `[B, T, H]`.
     chunk_size: mini-batch size (1 = online gradient descent).
-    initial_state: `(M, S)`, each `[B, H, Dk, Dv]`, taken to sit on a chunk boundary (zeros if None).
+    initial_state: `(M, S)`, each `[B, H, Dk, Dv]`, taken to sit on a chunk boundary (zeros if
+      None).
     segment_ids: `[B, T]` packed documents; M and S reset to zero where a new one starts.
 
   Returns:

@@ -3,7 +3,8 @@
 `phi_p(x) = [a_0, a_1 x, a_2 vec(x x^T), ..., a_p vec(x^{(x)p})]` spans every monomial of degree
 <= p (ATLAS's `[x^beta]_{|beta| <= p}`, with repeats), so a memory over phi(k) has capacity
 O(d^p). Inner products give the kernel `phi(q) . phi(k) = sum_i a_i^2 (q . k)^i`; with
-`a_i = 1/sqrt(i!)` that is the degree-p Taylor expansion of `exp(q . k)` (softmax attention's kernel).
+`a_i = 1/sqrt(i!)` that is the degree-p Taylor expansion of `exp(q . k)`, softmax attention's
+kernel.
 """
 
 import math
