@@ -223,21 +223,22 @@ def test_streaming_blocks_and_token_steps_equal_one_call():
   names = ("q", "k", "v", "lr", "mom", "dec", "gamma")
   kw = dict(chunk_size=4, activation="silu")
 
-  def run(state, lo, hi, mode):
-    xs = [x[n][:, lo:hi] for n in names]
+  def run(state, xs, mode):
     return neural_memory(*xs[:6], state=state, omega_weights=xs[6], mode=mode, **kw)
+
+  block = lambda lo, hi: [x[n][:, lo:hi] for n in names]
 
   with jax.enable_x64(True):
     start = memory_state(w0, omega_window=2)
-    want_o, want_state = run(start, 0, 13, "chunk")
+    want_o, want_state = run(start, block(0, 13), "chunk")
     blocks, state = [], start
     for lo, hi in ((0, 6), (6, 13)):  # the second block starts mid-chunk
-      o, state = run(state, lo, hi, "chunk")
+      o, state = run(state, block(lo, hi), "chunk")
       blocks.append(o)
     steps, step_state = [], start
-    step = jax.jit(lambda s, t: run(s, t, t + 1, "recurrent"), static_argnums=1)
+    step = jax.jit(lambda s, xs: run(s, xs, "recurrent"))
     for t in range(13):
-      o, step_state = step(step_state, t)
+      o, step_state = step(step_state, block(t, t + 1))
       steps.append(o)
     for got, got_state in ((blocks, state), (steps, step_state)):
       _close(np.concatenate(got, axis=1), want_o)
@@ -280,12 +281,14 @@ def test_gradients_match_naive():
     r = np.random.default_rng(17)
     cot = [r.normal(size=l.shape) for l in jax.tree.leaves(jax.eval_shape(ref, *inputs))]
 
-    def grads(fn):
+    def grads(fn, jit):
       def scalar(*a):
         return sum(jnp.sum(o * c) for o, c in zip(jax.tree.leaves(fn(*a)), cot))
-      return jax.grad(scalar, argnums=tuple(range(8)))(*inputs)
+      grad = jax.grad(scalar, argnums=tuple(range(8)))
+      return (jax.jit(grad) if jit else grad)(*inputs)
 
-    for a, b in zip(jax.tree.leaves(grads(op)), jax.tree.leaves(grads(ref))):
+    # The reference runs op by op: compiling its unrolled loop would take longer than running it.
+    for a, b in zip(jax.tree.leaves(grads(op, True)), jax.tree.leaves(grads(ref, False))):
       _close(a, b, 1e-8)
 
 

@@ -60,13 +60,14 @@ def test_prefill_step_and_document_isolation(name):
 
 
 def test_hybrid_language_model_trains():
-  """One LanguageModel layer per mixer (linear memories, to keep compilation short): a few Adam
+  """One LanguageModel layer per mixer (lean memories, to keep compilation short): a few Adam
   steps on one batch lower the loss, and every mixer's parameters get finite, non-zero gradients."""
   cfg = model_config("lmm", num_layers=4, mixers=("lmm", "mag", "mal", "mac"))
-  cfg.lmm.update(depth=1, chunk_size=4, poly_degree=1, learned_init=False)
+  lean = dict(depth=1, conv_size=0, omega_window=1)
+  cfg.lmm.update(chunk_size=4, poly_degree=1, learned_init=False, **lean)
   for name in ("mag", "mal", "mac"):
-    cfg[name].update(CONFIGS[name])
-    cfg[name].memory = dict(CONFIGS[name]["memory"], depth=1)
+    cfg[name].update(CONFIGS[name], num_persistent=2 if name == "mac" else 0)
+    cfg[name].memory = dict(CONFIGS[name]["memory"], **lean)
   model = LanguageModel(cfg, rngs=nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(2), (2, 13), 0, 13)
   graphdef, params = nnx.split(model, nnx.Param)

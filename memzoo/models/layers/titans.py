@@ -208,9 +208,10 @@ class MemoryAsContext(_Titans):
       new_doc = ids[:, 0] != last_seg
       state = _where_rows(new_doc, start, state)._replace(offset=0)  # on a chunk boundary
       # 1. Retrieve with the memory of the previous segment (the initial one for a new document).
-      same_doc = (ids == ids[:, :1])[..., None]
-      h = jnp.where(same_doc, self.memory.read(state.weights, chunk["q"], xs),
-                    self.memory.read(start.weights, chunk["q"], xs))
+      h = self.memory.read(state.weights, chunk["q"], xs)
+      if segment_ids is not None:
+        same_doc = (ids == ids[:, :1])[..., None]
+        h = jnp.where(same_doc, h, self.memory.read(start.weights, chunk["q"], xs))
       # 2. Attend over [P; h; S]: h_j and S_j are visible to queries i >= j of the same document.
       # Positions count from the segment start, or from the document start inside the segment.
       local = segment_positions(ids, b, n)
