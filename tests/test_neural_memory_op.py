@@ -165,8 +165,8 @@ def test_matches_delta_rule_op():
   with jax.enable_x64(True):
     o, (m, _) = neural_memory_linear(x["q"], x["k"], x["v"], x["lr"], zeros, zeros, chunk_size=1)
     want_o, want_s = delta_rule(x["q"], x["k"], x["v"], x["lr"], scale=1.0)
-    _close(o, want_o)
-    _close(m, want_s)
+    _close(o, want_o, 1e-5)  # delta_rule computes in float32
+    _close(m, want_s, 1e-5)
 
 
 B, T, H, D = 2, 11, 2, 4  # shared by the deep-memory tests below

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from memzoo.models.ops import memory_mlp
-from memzoo.models.ops.chunking import chunked_scan
+from memzoo.models.ops.chunking import chunked_scan, merge_chunks, scan_chunks, split_chunks
 from memzoo.models.ops.segments import segment_starts
 
 Weights = tuple[jnp.ndarray, ...]
@@ -135,91 +135,127 @@ def _combine(coefs, bases):
                for i in range(len(bases[0])))
 
 
-def _chunk_step(rule: _Rule, reset_state, state: MemoryState, x, valid):
-  """One chunk of the chunk form. `x` leaves are `[B, C, ...]` (see `neural_memory`)."""
-  del valid  # padding is marked by x["real"], which also covers the front padding of a shifted call
-  q, k, v = (jnp.swapaxes(x[n], 1, 2) for n in ("q", "k", "v"))              # [B, H, C, D]
-  lr, mom, keep, gamma = (jnp.swapaxes(x[n], 1, 2) for n in ("lr", "mom", "keep", "gamma"))
+_PAD = {"q": 0.0, "k": 0.0, "v": 0.0, "lr": 0.0, "mom": 1.0, "keep": 1.0, "gamma": 0.0,
+        "reset": False, "real": False}  # a padding token leaves the state unchanged
+
+
+class _Coefficients(NamedTuple):
+  """The parts of a chunk that depend on the gates only, computed for all chunks before the scan.
+
+  `m_coefs[j][i]` / `s_coefs[j][i]` weigh the j-th weight / momentum base (the chunk-start state,
+  then the reset state) in M_i / S_i; `mixing [B, H, C, P]` weighs the P gradients in M_i (Muon: in
+  S_i). `after [B, 1, P]` marks tokens after a reset; `pick [c-1]` / `keep_slot [B, 1, c-1]` say
+  which tokens form the next Omega window and which of them stay in the current document."""
+  m_coefs: list
+  s_coefs: list
+  mixing: jnp.ndarray
+  s_mixing_last: jnp.ndarray
+  a_mat: jnp.ndarray
+  after: jnp.ndarray
+  pick: jnp.ndarray
+  keep_slot: jnp.ndarray
+
+
+def _coefficients(rule: _Rule, slots: int, x) -> _Coefficients:
+  """Gate-only coefficients of one chunk, `x` leaves `[B, C, ...]` (see `neural_memory`)."""
+  lr, mom, keep = (jnp.swapaxes(x[n], 1, 2) for n in ("lr", "mom", "keep"))  # [B, H, C]
   reset = x["reset"][:, None, :]                                           # [B, 1, C]
   real = x["real"][0]                                                      # [C], same for all rows
-  slots = state.window_keys.shape[2]
-
   la = _transition_products(jnp.where(reset, 0.0, keep))
   le = _transition_products(jnp.where(reset, 0.0, mom))
   a0, a_mat = la[..., 1:, 0], la[..., 1:, 1:] * real.astype(la.dtype)  # S_j enters M if j is real
   e0, e_mat = le[..., 1:, 0], le[..., 1:, 1:]
 
-  # Tokens whose gradients enter this chunk: the Omega window before it, then the chunk itself.
-  keys = jnp.concatenate([state.window_keys, k], axis=2)
-  values = jnp.concatenate([state.window_values, v], axis=2)
-  ext_gamma = jnp.concatenate([state.window_weights, gamma], axis=2)
+  # Tokens whose gradients enter this chunk: the Omega window before it (P - C = c - 1 slots), then
+  # the chunk. Omega: token m's update sums the gradients of the last c real tokens of its own
+  # document, a banded [C, P] matrix applied on the right of each [C, C] coefficient matrix.
   ext_reset = jnp.concatenate([jnp.zeros(reset.shape[:2] + (slots,), bool), reset], axis=2)
   ext_real = jnp.concatenate([jnp.ones((slots,), bool), real])
-  inputs, deltas = _weighted_gradients(rule, state.anchor, keys, values, ext_gamma)
-  if rule.has_resets:  # tokens after a reset in this chunk take gradients at the reset weights
-    after = jax.lax.cummax(ext_reset.astype(jnp.int32), axis=2).astype(bool)[..., None]
-    r_inputs, r_deltas = _weighted_gradients(rule, reset_state[0], keys, values, ext_gamma)
-    inputs = [jnp.where(after, r, g) for r, g in zip(r_inputs, inputs)]
-    deltas = [jnp.where(after, r, g) for r, g in zip(r_deltas, deltas)]
-
-  # Omega: token m's update sums the gradients of the last c real tokens of its own document, a
-  # banded [C, P] matrix applied on the right of each [C, C] coefficient matrix (identity if c = 1).
+  rank, seg = jnp.cumsum(ext_real), jnp.cumsum(ext_reset, axis=2)
   mix = lambda m: m
   if slots:
-    rank = jnp.cumsum(ext_real)
     rank_m = rank[slots:, None]
     window = (rank[None, :] > rank_m - (slots + 1)) & (rank[None, :] <= rank_m)
     window &= ext_real[None, :] & real[:, None]
-    seg = jnp.cumsum(ext_reset, axis=2)
     omega = (window & (seg[..., slots:, None] == seg[..., None, :])).astype(la.dtype)
     mix = lambda m: m @ omega
+  # The next window: the last c-1 real tokens, dropping those of an earlier document.
+  pick = jnp.searchsorted(rank, rank[-1] - slots + 1 + jnp.arange(slots))
+  keep_slot = seg[:, :, pick] == seg[:, :, pick[-1:]] if slots else seg[:, :, :0] == 0
 
-  # Terms of M_i that do not come from this chunk's gradients: the weights M and momentum S of the
-  # chunk start and, after a reset token r, the reset state entering like a chunk start at r.
-  m_coefs, m_bases = [a0], [state.weights]
-  s_coefs, s_bases = [e0], [state.momentum]
+  # Terms of M_i that are not this chunk's gradients: the weights M and momentum S of the chunk
+  # start and, after a reset token r, the reset state entering like a chunk start at r.
+  m_coefs, s_coefs = [a0], [e0]
   if rule.has_resets:
     m_coefs.append(_matvec(a_mat, reset * keep))
-    m_bases.append(reset_state[0])
     s_coefs.append(_matvec(e_mat, reset * mom))
+  if rule.muon:  # M_i = sum_j a_mat[i, j] theta_j NS(S_j): mixing gives the S_j
+    mixing, s_mixing_last = mix(e_mat), jnp.zeros(e0.shape[:2] + (0,), la.dtype)
+  else:
+    m_coefs += [_matvec(a_mat, c) for c in s_coefs]
+    s_mix = mix(e_mat * lr[..., None, :])
+    mixing, s_mixing_last = a_mat @ s_mix, s_mix[..., -1, :]
+  after = jax.lax.cummax(ext_reset.astype(jnp.int32), axis=2).astype(bool)
+  return _Coefficients(m_coefs, s_coefs, mixing, s_mixing_last, a_mat, after, pick, keep_slot)
+
+
+def _chunk_step(rule: _Rule, reset_state, state: MemoryState, x, coef: _Coefficients):
+  """One chunk of the chunk form: the work that needs the state."""
+  q, k, v = (jnp.swapaxes(x[n], 1, 2) for n in ("q", "k", "v"))              # [B, H, C, D]
+  lr, gamma = (jnp.swapaxes(x[n], 1, 2) for n in ("lr", "gamma"))
+  keys = jnp.concatenate([state.window_keys, k], axis=2)
+  values = jnp.concatenate([state.window_values, v], axis=2)
+  ext_gamma = jnp.concatenate([state.window_weights, gamma], axis=2)
+  inputs, deltas = _weighted_gradients(rule, state.anchor, keys, values, ext_gamma)
+  m_bases, s_bases = [state.weights], [state.momentum]
+  if rule.has_resets:  # tokens after a reset in this chunk take gradients at the reset weights
+    r_inputs, r_deltas = _weighted_gradients(rule, reset_state[0], keys, values, ext_gamma)
+    after = coef.after[..., None]
+    inputs = [jnp.where(after, r, g) for r, g in zip(r_inputs, inputs)]
+    deltas = [jnp.where(after, r, g) for r, g in zip(r_deltas, deltas)]
+    m_bases.append(reset_state[0])
     s_bases.append(reset_state[1])
 
   if rule.muon:
-    momenta = tuple(s - g for s, g in zip(_combine(s_coefs, s_bases),
-                                          _outer_sum(mix(e_mat), inputs, deltas)))
+    momenta = tuple(s - g for s, g in zip(_combine(coef.s_coefs, s_bases),
+                                          _outer_sum(coef.mixing, inputs, deltas)))
     updates = [lr[..., None, None] * memory_mlp.newton_schulz(s, rule.ns_steps) for s in momenta]
-    per_token = tuple(w + jnp.einsum("bhij,bhjxo->bhixo", a_mat, u)
-                      for w, u in zip(_combine(m_coefs, m_bases), updates))
+    per_token = tuple(w + jnp.einsum("bhij,bhjxo->bhixo", coef.a_mat, u)
+                      for w, u in zip(_combine(coef.m_coefs, m_bases), updates))
     reads = memory_mlp.forward_per_token(per_token, q, rule.activation, rule.residual)
     new_weights = tuple(w[:, :, -1] for w in per_token)
     new_momentum = tuple(s[:, :, -1] for s in momenta)
   else:
-    coefs = m_coefs + [_matvec(a_mat, c) for c in s_coefs]
     bases = m_bases + s_bases
-    s_mix = mix(e_mat * lr[..., None, :])                                # [B, H, C, P]
-    mixing = a_mat @ s_mix
-    reads = memory_mlp.dual_read(q, coefs, bases, mixing, inputs, deltas, rule.activation,
-                                 rule.residual)
-    new_weights = tuple(w - g for w, g in zip(_combine([c[..., -1] for c in coefs], bases),
-                                              _outer_sum(mixing[..., -1, :], inputs, deltas)))
-    new_momentum = tuple(s - g for s, g in zip(_combine([c[..., -1] for c in s_coefs], s_bases),
-                                               _outer_sum(s_mix[..., -1, :], inputs, deltas)))
+    reads = memory_mlp.dual_read(q, coef.m_coefs, bases, coef.mixing, inputs, deltas,
+                                 rule.activation, rule.residual)
+    last = lambda coefs: [c[..., -1] for c in coefs]
+    new_weights = tuple(w - g for w, g in zip(_combine(last(coef.m_coefs), bases),
+                                              _outer_sum(coef.mixing[..., -1, :], inputs, deltas)))
+    new_momentum = tuple(s - g for s, g in zip(_combine(last(coef.s_coefs), s_bases),
+                                               _outer_sum(coef.s_mixing_last, inputs, deltas)))
 
   # A chunk that ends on a real token is complete: its end becomes the next gradient point.
   anchor = state.anchor
   if rule.has_resets:
-    anchor = _select(jnp.any(reset, axis=(1, 2)), reset_state[0], anchor)
-  anchor = jax.tree.map(lambda new, old: jnp.where(real[-1], new, old), new_weights, anchor)
-
-  window = (state.window_keys, state.window_values, state.window_weights)
-  if slots:  # keep the last c-1 real tokens, dropping those of an earlier document
-    rank = jnp.cumsum(ext_real)
-    pick = jnp.searchsorted(rank, rank[-1] - slots + 1 + jnp.arange(slots))
-    seg = jnp.cumsum(ext_reset, axis=2)[:, :, pick]                       # [B, 1, slots]
-    weights = jnp.where(seg == seg[..., -1:], ext_gamma[:, :, pick], 0.0)
-    window = (keys[:, :, pick], values[:, :, pick], weights)
+    anchor = _select(coef.after[:, 0, -1], reset_state[0], anchor)
+  anchor = jax.tree.map(lambda new, old: jnp.where(x["real"][0, -1], new, old), new_weights, anchor)
+  window = (keys[:, :, coef.pick], values[:, :, coef.pick],
+            jnp.where(coef.keep_slot, ext_gamma[:, :, coef.pick], 0.0))
   new_state = MemoryState(new_weights, new_momentum, anchor, state.offset, *window)
   return new_state, jnp.swapaxes(reads, 1, 2)
+
+
+def _chunked(rule: _Rule, reset_state, state: MemoryState, tokens, chunk_size: int):
+  """The chunk form over `tokens` (leaves `[B, T, ...]`): gate-only coefficients for all chunks at
+  once, then a scan of the state-dependent work."""
+  length = tokens["q"].shape[1]
+  chunks, valid = split_chunks(tokens, chunk_size, pad_values=_PAD)
+  slots = state.window_keys.shape[2]
+  coefs = jax.vmap(lambda x: _coefficients(rule, slots, x))(chunks)
+  step = lambda s, xc, _: _chunk_step(rule, reset_state, s, *xc)
+  state, out = scan_chunks(step, state, (chunks, coefs), valid)
+  return state, merge_chunks(out, length)
 
 
 def _token_step(rule: _Rule, reset_state, state: MemoryState, x, valid):
@@ -254,10 +290,6 @@ def _token_step(rule: _Rule, reset_state, state: MemoryState, x, valid):
   new_state = MemoryState(weights, momentum, anchor, jnp.where(complete, 0, offset),
                           keys[:, :, 1:], values[:, :, 1:], sample_weights[:, :, 1:])
   return new_state, jnp.swapaxes(read, 1, 2)
-
-
-_PAD = {"q": 0.0, "k": 0.0, "v": 0.0, "lr": 0.0, "mom": 1.0, "keep": 1.0, "gamma": 0.0,
-        "reset": False, "real": False}  # a padding token leaves the state unchanged
 
 
 def _shift(x, offset, chunk_size: int, value):
@@ -341,12 +373,11 @@ def neural_memory(q, k, v, lr, momentum, decay, *, state: MemoryState, chunk_siz
     step = lambda s, x, valid: _token_step(rule, reset_state, s, x, valid)
     state, out = chunked_scan(step, state, tokens, 1)
     return out.astype(q.dtype), state
-  step = lambda s, x, valid: _chunk_step(rule, reset_state, s, x, valid)
   if isinstance(offset, int) and offset == 0:  # known to start on a chunk boundary
-    state, out = chunked_scan(step, state, tokens, chunk_size, pad_values=_PAD)
+    state, out = _chunked(rule, reset_state, state, tokens, chunk_size)
   else:  # continue a partial chunk: delay the tokens so that they land at the right in-chunk slot
     shifted = {n: _shift(x, state.offset, chunk_size, _PAD[n]) for n, x in tokens.items()}
-    state, out = chunked_scan(step, state, shifted, chunk_size, pad_values=_PAD)
+    state, out = _chunked(rule, reset_state, state, shifted, chunk_size)
     out = jax.lax.dynamic_slice_in_dim(out, state.offset, t, axis=1)
   state = state._replace(offset=(state.offset + t) % chunk_size)
   return out.astype(q.dtype), state
