@@ -63,7 +63,7 @@ def test_hybrid_language_model_trains():
   """One LanguageModel layer per mixer (lean memories, to keep compilation short): a few Adam
   steps on one batch lower the loss, and every mixer's parameters get finite, non-zero gradients."""
   cfg = model_config("lmm", num_layers=4, mixers=("lmm", "mag", "mal", "mac"))
-  lean = dict(depth=1, conv_size=0, omega_window=1)
+  lean = dict(depth=1, conv=False, omega_window=1)
   cfg.lmm.update(chunk_size=4, poly_degree=1, learned_init=False, **lean)
   for name in ("mag", "mal", "mac"):
     cfg[name].update(CONFIGS[name], num_persistent=2 if name == "mac" else 0)

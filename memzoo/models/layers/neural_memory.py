@@ -43,7 +43,7 @@ class NeuralMemory(Mixer):
     max_lr: theta_t = max_lr * sigmoid(W x_t). Deep memories diverge with rates near 1 (the inner
       gradient is not bounded by |k|^2 as in the linear case); 0.1 is titans-pytorch's train_mac.
     momentum, weight_decay: learn eta_t / alpha_t; False fixes them to 0 (the paper's ablations).
-    conv_size: depthwise causal conv width on q, k, v (0: no conv).
+    conv, conv_size: depthwise causal conv of this width on q, k, v (§4.4).
     silu, qk_norm, output_gate: §4.4's SiLU on q/k/v, l2-normalised q/k and gated output.
     grad_clip: soft-clip each token's memory gradient to this norm (None: off).
     omega_window, omega_gate: ATLAS Omega rule over the last c tokens with learned gamma_t
@@ -56,7 +56,8 @@ class NeuralMemory(Mixer):
                chunk_size: int = 64, depth: int = 2, expansion: float = 4.0,
                activation: str = "gelu", residual_memory: bool = False, learned_init: bool = True,
                max_lr: float = 0.1,
-               momentum: bool = True, weight_decay: bool = True, conv_size: int = 4,
+               momentum: bool = True, weight_decay: bool = True, conv: bool = True,
+               conv_size: int = 4,
                silu: bool = True, qk_norm: bool = True, output_gate: bool = True,
                grad_clip: float | None = None, omega_window: int = 1, omega_gate: bool = True,
                poly_degree: int = 1, muon: bool = False, ns_steps: int = 5, dtype=None,
@@ -77,7 +78,7 @@ class NeuralMemory(Mixer):
                                              for _ in range(3))
     self.convs = nnx.Dict({n: ShortConv((num_heads, head_dim), kernel_size=conv_size,
                                         axes=("heads", "head_dim"), param_dtype=param_dtype,
-                                        rngs=rngs) for n in "qkv"}) if conv_size else None
+                                        rngs=rngs) for n in "qkv"}) if conv else None
     self.gate_names = (["lr"] + ["momentum"] * momentum + ["decay"] * weight_decay
                        + ["omega"] * (omega_window > 1 and omega_gate))
     bias = jnp.array([_GATE_BIAS[n] for n in self.gate_names])
