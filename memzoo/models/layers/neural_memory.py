@@ -45,7 +45,9 @@ class NeuralMemory(Mixer):
     momentum, weight_decay: learn eta_t / alpha_t; False fixes them to 0 (the paper's ablations).
     conv, conv_size: depthwise causal conv of this width on q, k, v (§4.4).
     silu, qk_norm, output_gate: §4.4's SiLU on q/k/v, l2-normalised q/k and gated output.
-    grad_clip: soft-clip each token's memory gradient to this norm (None: off).
+    grad_clip: soft-clip each token's memory gradient to this norm (None: off). On by default:
+      without it the inner gradient descent on a deep memory can diverge (weights overflow) on
+      some inputs already at initialisation.
     omega_window, omega_gate: ATLAS Omega rule over the last c tokens with learned gamma_t
       (omega_gate=False: gamma = 1).
     poly_degree: ATLAS polynomial features of degree p on q and k (1: off).
@@ -59,7 +61,7 @@ class NeuralMemory(Mixer):
                momentum: bool = True, weight_decay: bool = True, conv: bool = True,
                conv_size: int = 4,
                silu: bool = True, qk_norm: bool = True, output_gate: bool = True,
-               grad_clip: float | None = None, omega_window: int = 1, omega_gate: bool = True,
+               grad_clip: float | None = 1.0, omega_window: int = 1, omega_gate: bool = True,
                poly_degree: int = 1, muon: bool = False, ns_steps: int = 5, dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     head_dim = head_dim or d_model // num_heads
