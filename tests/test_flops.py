@@ -34,12 +34,23 @@ def forward_dot_flops(layer, batch, length):
   return dot_flops(lambda p, x: nnx.merge(graphdef, p)(x), params, x)
 
 
+# Titans' memory convs also filter the persistent tokens (MAG, MAL) or segment overlaps (MAC), so
+# the formula below for the conv FLOPs holds for LMM alone; the composites run without convs.
+TITANS_MEMORY = dict(chunk_size=8, conv=False)
+
+
 @pytest.mark.parametrize("name,options", [
     ("retention", dict(chunk_size=16)), ("retention", dict(mode="parallel")),
     ("retention", dict(mode="recurrent")), ("gla", dict(chunk_size=32)),
     ("gla", dict(chunk_size=24)), ("linear_attention", dict(feature_map="taylor2", feature_dim=4)),
     ("deltanet", dict(chunk_size=16)), ("gated_deltanet", dict(chunk_size=32)),
-    ("gated_deltanet", dict(mode="recurrent")), ("attention", dict(impl="naive"))])
+    ("gated_deltanet", dict(mode="recurrent")), ("attention", dict(impl="naive")),
+    ("lmm", dict(chunk_size=16)), ("lmm", dict(chunk_size=16, omega_window=3, poly_degree=2,
+                                                depth=1, conv=False)),
+    ("lmm", dict(chunk_size=8, muon=True, ns_steps=2, omega_window=2, conv=False)),
+    ("mag", dict(window=8, num_persistent=4, block_q=16, memory=TITANS_MEMORY)),
+    ("mal", dict(window=8, num_persistent=4, block_q=16, memory=TITANS_MEMORY)),
+    ("mac", dict(segment_len=16, num_persistent=4, memory=TITANS_MEMORY))])
 def test_layer_counts_equal_the_matmuls_of_its_jaxpr(name, options):
   """Over several chunks (T = 75 is no multiple of any chunk size): the analytic count is exactly
   the jaxpr's dot FLOPs plus the short convs (multiply-adds written elementwise)."""
