@@ -31,7 +31,7 @@ from memzoo.train import mfu
 SUITES = ("peak", "mixers", "decode", "train")
 QUICK = dict(lengths=[32, 64], contexts=[16, 32], d_model=32, num_heads=2, repeats=1,
              decode_steps=2, train_batch=1, train_seq_len=32, train_steps=1, variants=["default"])
-QUICK_TRAIN_MODEL = dict(d_model=32, num_layers=2, num_heads=2)
+QUICK_TRAIN_MODEL = dict(d_model=32, num_layers=1, num_heads=2)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -57,7 +57,7 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--train_steps", type=int, default=5)
   p.add_argument("--out", type=Path, default=Path("experiments/bench"))
   p.add_argument("--quick", action="store_true",
-                 help="smoke run: tiny sizes, one repeat, a 2-layer d_model 32 train model "
+                 help="smoke run: tiny sizes, one repeat, a 1-layer d_model 32 train model "
                  "(checks the pipeline; its timings mean nothing)")
   if p.parse_known_args(argv)[0].quick:
     p.set_defaults(**QUICK)  # flags given explicitly still win
