@@ -19,7 +19,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 import memzoo.models.layers  # noqa: F401  (registers the built-in layers)
 from memzoo.bench import mixers as mixer_bench
@@ -76,10 +75,10 @@ def parse(argv=None) -> argparse.Namespace:
 
 def is_recurrent(name: str, a) -> bool:
   """True when the mixer's decode state does not grow with `max_len` (all but attention)."""
-  layer = nnx.eval_shape(lambda: mixer_bench.build_mixer(
-      name, {}, d_model=a.d_model, num_heads=a.num_heads, dtype=a.dtype))
-  shapes = lambda n: [x.shape for x in jax.tree.leaves(
-      jax.eval_shape(lambda: layer.init_state(1, n)))]
+  build = lambda: mixer_bench.build_mixer(name, {}, d_model=a.d_model, num_heads=a.num_heads,
+                                         dtype=a.dtype)
+  shapes = lambda n: [x.shape for x in jax.tree.leaves(  # abstract: nothing is computed
+      jax.eval_shape(lambda: build().init_state(1, n)))]
   return shapes(16) == shapes(32)
 
 
