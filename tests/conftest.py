@@ -1,9 +1,16 @@
 """Test setup. Multi-device tests run in subprocesses (tests/multidevice.py) because the device count
 is fixed when JAX starts; this process keeps the default single CPU device."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The MFU peak measured during tests (a loaded machine) must not land in the user's cache; the
+# subprocesses of the tests inherit this directory, so it is measured once per session.
+os.environ["MEMZOO_CACHE_DIR"] = tempfile.mkdtemp(prefix="memzoo-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MEMZOO_CACHE_DIR"], True)
 
 import subprocess
 import sys

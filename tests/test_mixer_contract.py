@@ -1,5 +1,6 @@
 """The contract every registered mixer keeps (memzoo/models/README.md), checked for all of them:
-causal, documents isolated by segment_ids, prefill + step == forward, logical axes on every param."""
+causal, documents isolated by segment_ids, prefill + step == forward, logical axes on every param,
+and an analytic FLOP count that agrees with XLA's."""
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +16,13 @@ MIXERS = sorted(registry.REGISTRIES["mixer"])
 D, HEADS, T = 32, 2, 12
 
 
-def build(name):
+def build(name, kind="mixer", d_model=D, **options):
   model_cfg = base_config().model
-  model_cfg.update(d_model=D, num_heads=HEADS, vocab_size=11)
-  return registry.build("mixer", name, model_cfg, rngs=nnx.Rngs(0))
+  model_cfg.update(d_model=d_model, num_heads=HEADS, vocab_size=11)
+  if kind == "ffn" and name in ("pkm", "peer"):
+    model_cfg[name].update(n_keys=16, topk=4)
+  model_cfg[name].update(options)
+  return registry.build(kind, name, model_cfg, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope="module", params=MIXERS)
@@ -75,11 +79,37 @@ def test_prefill_then_step_equals_forward(mixer):
 
 @pytest.mark.parametrize("name", sorted(registry.REGISTRIES["ffn"]))
 def test_feed_forward_layers_keep_shape_and_name_their_axes(name):
-  model_cfg = base_config().model
-  model_cfg.update(d_model=D, num_heads=HEADS, vocab_size=11)
-  layer = registry.build("ffn", name, model_cfg, rngs=nnx.Rngs(0))
+  layer = build(name, "ffn")
   x = inputs(3)
   assert nnx.jit(lambda m, x: m(x))(layer, x).shape == x.shape
   for path, var in nnx.to_flat_state(nnx.state(layer, nnx.Param)):
     axes = var.get_metadata().get("out_sharding")
     assert axes is not None and len(axes) == var.get_value().ndim, (name, path, axes)
+
+
+# XLA's cost analysis counts a loop body once, whatever its trip count, so the FLOP check runs one
+# chunk / one key block (T = 64 <= every default chunk and block size). It reads the HLO before
+# optimisation: the optimised HLO folds away products with the zero initial state of a first chunk.
+# XLA also counts elementwise work (norms, rope, softmax, gates, masks), which `flops` leaves out:
+# the analytic count is at most XLA's, and within FLOPS_RTOL of it at d_model 256 (GLA's
+# vector-gate masks are ~4% of its count; the Titans memory's GELU and its derivative at the hidden
+# width, gradient weights and gate products ~6.5% of LMM's, ~6% of MAC's).
+FLOPS_D, FLOPS_T = 256, 64
+FLOPS_RTOL = {"lmm": 0.08, "mac": 0.08}  # 0.05 for the others
+# MAC runs segments of memory chunks: one segment of one chunk keeps to one loop iteration.
+ONE_ITERATION = {"mac": dict(segment_len=FLOPS_T, memory=dict(chunk_size=FLOPS_T))}
+
+
+@pytest.mark.parametrize("kind,name", [("mixer", n) for n in MIXERS] +
+                         [("ffn", n) for n in sorted(registry.REGISTRIES["ffn"])])
+def test_flops_agree_with_xla(kind, name):
+  options = ONE_ITERATION.get(name, {})
+  layer = nnx.eval_shape(lambda: build(name, kind, d_model=FLOPS_D, **options))  # shapes only
+  graphdef, params = nnx.split(layer)
+  x = jax.ShapeDtypeStruct((2, FLOPS_T, FLOPS_D), jnp.float32)
+  forward = lambda p, x: nnx.capture(nnx.merge(graphdef, p), nnx.Intermediate)(x)[0]
+  lowered = jax.jit(forward).lower(params, x)
+  xla = lowered.cost_analysis().get("flops", 0.0)
+  ours = layer.flops(2, FLOPS_T)
+  assert isinstance(ours, int) and layer.backward_flops(2, FLOPS_T) == 2 * ours
+  assert (1 - FLOPS_RTOL.get(name, 0.05)) * xla <= ours <= xla, (name, ours, xla)

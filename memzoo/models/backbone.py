@@ -103,6 +103,13 @@ class Block(nnx.Module):
     x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids)
     return constrain(x + self._ffn(x, values), ACTIVATION)
 
+  def flops(self, batch: int, seq_len: int, *, backward: bool = False) -> int:
+    """Forward (or backward) FLOPs of the block's layers (see layers/base.py, FlopCounted)."""
+    layers = [self.mixer, self.ffn] + ([] if self.engram is None else [self.engram])
+    count = (lambda m: m.backward_flops(batch, seq_len)) if backward else (
+        lambda m: m.flops(batch, seq_len))
+    return sum(count(layer) for layer in layers)
+
   def init_state(self, batch_size: int, max_len: int) -> dict:
     state = {"mixer": self.mixer.init_state(batch_size, max_len)}
     if self.engram is not None:
@@ -136,6 +143,9 @@ class BlockGroup(nnx.Module):
       x = run(block, x, values if shared else None)
     return x
 
+  def flops(self, batch: int, seq_len: int, *, backward: bool = False) -> int:
+    return sum(block.flops(batch, seq_len, backward=backward) for block in self.blocks)
+
   def init_state(self, batch_size: int, max_len: int) -> list:
     return [block.init_state(batch_size, max_len) for block in self.blocks]
 
@@ -157,6 +167,10 @@ class ScannedGroups(nnx.Module):
     def make(rngs):
       return BlockGroup(model_cfg, specs, remat=remat, rngs=rngs)
     self.groups = make(rngs)
+    self.count = count
+
+  def flops(self, batch: int, seq_len: int, *, backward: bool = False) -> int:
+    return self.count * self.groups.flops(batch, seq_len, backward=backward)
 
   def __call__(self, x, tokens, *, segment_ids=None, values=None):
     @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
@@ -237,6 +251,21 @@ class LanguageModel(nnx.Module):
       return self.head(x).astype(jnp.float32)
     return jnp.einsum("...d,vd->...v", x, self.embed[...].astype(x.dtype),
                       preferred_element_type=jnp.float32)
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Forward FLOPs on `[batch, seq_len]` tokens: every block and the logits (the embedding
+    lookup and the norms are free; see layers/base.py, FlopCounted, for the convention)."""
+    return self.stack.flops(batch, seq_len) + self._logits_flops(batch * seq_len)
+
+  def train_flops(self, batch: int, seq_len: int) -> int:
+    """Forward + backward FLOPs of a training step on `[batch, seq_len]` tokens: the model FLOPs
+    of MFU (recomputation not counted)."""
+    return (self.flops(batch, seq_len) + self.stack.flops(batch, seq_len, backward=True)
+            + 2 * self._logits_flops(batch * seq_len))
+
+  def _logits_flops(self, tokens: int) -> int:
+    vocab, d = self.embed.get_value().shape
+    return 2 * tokens * d * vocab
 
   def __call__(self, tokens, *, segment_ids=None):
     """`tokens [B, T] int -> logits [B, T, vocab] float32`."""

@@ -88,16 +88,29 @@ class ProgressBar:
 
 
 class Throughput:
-  """Tokens per second between two calls."""
+  """Tokens, model FLOPs per second and MFU (memzoo/train/mfu.py) between two calls."""
 
-  def __init__(self):
+  def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops_per_s: float):
+    self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+    self.peak = peak_flops_per_s
     self.last_time, self.last_step = time.perf_counter(), None
 
-  def rate(self, step: int, tokens_per_step: int) -> dict:
-    """`{"tokens_per_s": r}` since the previous call; empty on the first call (no interval yet)."""
+  def rate(self, step: int) -> dict:
+    """`{"tokens_per_s", "model_flops_per_s", "mfu"}` since the previous call; empty on the first
+    call (no interval yet)."""
     now = time.perf_counter()
     rate = {}
     if self.last_step is not None and step > self.last_step:
-      rate["tokens_per_s"] = (step - self.last_step) * tokens_per_step / (now - self.last_time)
+      steps_per_s = (step - self.last_step) / (now - self.last_time)
+      rate = {"tokens_per_s": steps_per_s * self.tokens_per_step,
+              "model_flops_per_s": steps_per_s * self.flops_per_step,
+              "mfu": steps_per_s * self.flops_per_step / self.peak}
     self.last_time, self.last_step = now, step
     return rate
+
+  @staticmethod
+  def summary(rate: dict) -> str:
+    """`"12,345 tok/s  MFU 41.2%"` (empty before the first interval)."""
+    if not rate:
+      return ""
+    return f"{rate['tokens_per_s']:,.0f} tok/s  MFU {100 * rate['mfu']:.1f}%"

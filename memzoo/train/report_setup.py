@@ -31,3 +31,8 @@ def describe(mesh, abstract_state, compiled_step) -> str:
                  f"temporaries {_mib(memory.temp_size_in_bytes)}, "
                  f"code {_mib(memory.generated_code_size_in_bytes)}")
   return "\n".join(lines)
+
+
+def describe_flops(flops_per_step: float, peak: float, source: str, dtype) -> str:
+  return (f"model FLOPs per train step (forward + backward): {flops_per_step:.3e}; MFU peak "
+          f"{peak:.3e} FLOP/s in {dtype} ({source})")

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from memzoo.data import pipeline, tasks
 from memzoo.errors import ConfigError, TrainingDiverged, UserError
 from memzoo.train import config as config_lib
-from memzoo.train import distributed, report_setup, rundir, sharding, validate
+from memzoo.train import distributed, mfu, report_setup, rundir, sharding, validate
 from memzoo.train import state as state_lib
 from memzoo.train.checkpoint import Checkpointer, DifferentModel
 from memzoo.train.mesh import make_mesh
@@ -61,6 +61,8 @@ class Run:
   eval_step: Callable  # jitted (params, batch) -> token stats
   eval_set: Any
   to_global: Callable  # process-local numpy batch -> global jax arrays
+  flops_per_step: int  # model FLOPs of a train step, forward + backward (for MFU)
+  peak_flops_per_s: float  # of the whole job, in the compute dtype (memzoo/train/mfu.py)
 
   def context(self):
     return mesh_context(self.mesh, self.rules)
@@ -118,8 +120,12 @@ def setup(config, workdir, overwrite: bool = False) -> Run:
   with mesh_context(mesh, rules):
     traced = validate.check_model(config, train_step, (target, batch))
     compiled_step = traced.lower().compile()
+  flops_per_step = nnx.merge(graphdef, abstract_params).train_flops(*batch["inputs"].shape)
+  peak, peak_source = mfu.job_peak(config.model.dtype)
   if distributed.is_writer():
     print(report_setup.describe(mesh, target, compiled_step), flush=True)
+    print(report_setup.describe_flops(flops_per_step, peak, peak_source, config.model.dtype),
+          flush=True)
 
   # Restore the latest checkpoint (model, optimizer, step, data position), or start afresh.
   rundir.prepare(workdir, overwrite)
@@ -139,7 +145,7 @@ def setup(config, workdir, overwrite: bool = False) -> Run:
                                    num_batches=train_cfg.eval_steps, seed=config.seed + 1,
                                    **process)
   return Run(config, workdir, task, mesh, rules, state, start, data, checkpoints, compiled_step,
-             eval_step, eval_set, to_global)
+             eval_step, eval_set, to_global, flops_per_step, peak)
 
 
 def abstract_batch(task, train_cfg, batch_sharding) -> dict:
@@ -189,17 +195,18 @@ def train(config, workdir, overwrite: bool = False) -> dict:
 
     log = MetricsLog(run.workdir, enabled=is_writer, start=start)
     bar = ProgressBar(train_cfg.steps, start, enabled=is_writer)
-    tokens_per_step = train_cfg.batch_size * run.config.data.seq_len
-    throughput, pending, last_eval, diverged = Throughput(), None, {}, None
+    throughput = Throughput(train_cfg.batch_size * run.config.data.seq_len, run.flops_per_step,
+                            run.peak_flops_per_s)
+    pending, last_eval, diverged = None, {}, None
     t_start = time.perf_counter()
 
     def flush(pending):
       nonlocal diverged
       step, metrics = pending
       metrics = jax.device_get(metrics)
-      rate = throughput.rate(step, tokens_per_step)
+      rate = throughput.rate(step)
       log.write(step, "train", **metrics, **rate)
-      bar.update(step, f"loss {metrics['loss']:.4f}  {rate.get('tokens_per_s', 0):,.0f} tok/s")
+      bar.update(step, f"loss {metrics['loss']:.4f}  {Throughput.summary(rate)}")
       if metrics["bad_steps"] >= train_cfg.max_bad_steps:
         diverged = (step, int(metrics["bad_steps"]))
       return metrics

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.layers.base import Mixer
-from memzoo.models.layers.common import Dense
+from memzoo.models.layers.common import Dense, projection_flops
 from memzoo.models.layers.registry import register_mixer
-from memzoo.models.ops.attention import attention
+from memzoo.models.ops.attention import attention, attention_flops
 from memzoo.models.ops.ring_attention import (ring_self_attention, sharded_cache_attention,
                                               sharded_cache_write)
 from memzoo.models.ops.rope import apply_rope
@@ -63,12 +63,23 @@ class Attention(Mixer):
     k = apply_rope(self.k_proj(x), positions, self.rope_theta)
     return q, k, self.v_proj(x)
 
+  def _impl(self, kv_len: int) -> str:
+    if self.impl == "auto":
+      return "naive" if kv_len <= self.block_k else "blockwise"
+    return self.impl
+
   def _attend(self, q, k, v, **kwargs):
-    impl = self.impl
-    if impl == "auto":
-      impl = "naive" if k.shape[1] <= self.block_k else "blockwise"
-    return attention(q, k, v, window=self.window, impl=impl, block_q=self.block_q,
-                     block_k=self.block_k, **kwargs)
+    return attention(q, k, v, window=self.window, impl=self._impl(k.shape[1]),
+                     block_q=self.block_q, block_k=self.block_k, **kwargs)
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Projections plus `attention_flops` of the single-device form (ring attention computes the
+    same block pairs, spread over the sequence shards)."""
+    heads = self.q_proj.out_shape[0]
+    core = attention_flops(batch, seq_len, seq_len, heads, self.head_dim, self.head_dim,
+                           impl=self._impl(seq_len), window=self.window, block_q=self.block_q,
+                           block_k=self.block_k)
+    return projection_flops(self, batch * seq_len) + core
 
   def __call__(self, x, *, segment_ids=None):
     b, t, _ = x.shape

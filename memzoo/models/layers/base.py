@@ -9,7 +9,25 @@ from flax import nnx
 State = Any
 
 
-class Mixer(nnx.Module):
+class FlopCounted:
+  """Analytic FLOP accounting, shared by every layer kind (memzoo/models/README.md, "FLOPs").
+
+  `flops(batch, seq_len)` is the forward cost on `[batch, seq_len, d_model]`: 2 FLOPs per
+  multiply-add of every contraction (matmuls, einsums, convolutions) in the form the layer trains
+  with; elementwise work (norms, activations, exp, masks) and gathers are not counted.
+  `backward_flops` is twice that (each contraction has two input gradients); recomputation under
+  remat or inside a custom VJP is not counted (model FLOPs, Chowdhery et al. 2022, PaLM, App. B).
+  """
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    raise NotImplementedError(f"{type(self).__name__}.flops(batch, seq_len): implement the "
+                              "layer's forward FLOP count (see memzoo/models/README.md)")
+
+  def backward_flops(self, batch: int, seq_len: int) -> int:
+    return 2 * self.flops(batch, seq_len)
+
+
+class Mixer(FlopCounted, nnx.Module):
   """A sequence mixer maps `[B, T, d_model] -> [B, T, d_model]`, causally.
 
   Training:  `y = mixer(x, segment_ids=None)`; `segment_ids [B, T]` int marks packed documents, and
@@ -21,8 +39,8 @@ class Mixer(nnx.Module):
              `max_len` bounds the total tokens for mixers whose state grows (attention's KV cache).
   Invariant: prefill(x[:, :s]) then step() on each later token == mixer(x), up to float error.
 
-  Subclasses implement `__call__`, `init_state` and `step`; the default `prefill` scans `step`,
-  and mixers with a parallel form override it.
+  Subclasses implement `__call__`, `init_state`, `step` and `flops` (see `FlopCounted`); the
+  default `prefill` scans `step`, and mixers with a parallel form override it.
   """
 
   def __call__(self, x: jnp.ndarray, *, segment_ids: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -40,3 +58,10 @@ class Mixer(nnx.Module):
       return s, y_t
     state, ys = jax.lax.scan(body, state, jnp.swapaxes(x, 0, 1))
     return jnp.swapaxes(ys, 0, 1), state
+
+
+class FeedForward(FlopCounted, nnx.Module):
+  """A position-wise layer `[..., d_model] -> [..., d_model]` (`@register_ffn`), with `flops`."""
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    raise NotImplementedError

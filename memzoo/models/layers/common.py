@@ -89,6 +89,10 @@ class Dense(nnx.Module):
                  if use_bias else None)
     self.dtype = dtype
 
+  def flops(self, tokens: int) -> int:
+    """Forward FLOPs of mapping `tokens` inputs."""
+    return 2 * tokens * math.prod(self.in_shape) * math.prod(self.out_shape)
+
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     dtype = self.dtype or x.dtype
     y = jnp.tensordot(x.astype(dtype), self.kernel[...].astype(dtype), axes=len(self.in_shape))
@@ -134,6 +138,9 @@ class SwiGLU(nnx.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
 
+  def flops(self, batch: int, seq_len: int) -> int:
+    return projection_flops(self, batch * seq_len)
+
 
 class ShortConv(nnx.Module):
   """Depthwise causal conv over `[B, T, *feature_shape]` with a decode state of the last K-1 inputs."""
@@ -152,6 +159,10 @@ class ShortConv(nnx.Module):
   def init_state(self, batch_size: int, dtype=jnp.float32) -> jnp.ndarray:
     return jnp.zeros((batch_size, self.kernel_size - 1) + self.feature_shape, dtype)
 
+  def flops(self, tokens: int) -> int:
+    """Forward FLOPs (one multiply-add per tap and channel) of filtering `tokens` inputs."""
+    return 2 * tokens * self.kernel_size * math.prod(self.feature_shape)
+
   def __call__(self, x: jnp.ndarray, *, segment_ids=None, state=None):
     """`x [B, T, *F] -> (y [B, T, *F], state [B, K-1, *F])`."""
     b, t = x.shape[:2]
@@ -162,3 +173,10 @@ class ShortConv(nnx.Module):
     conv = sequence_sharded_conv1d if sequence_parallel_size() > 1 else causal_conv1d
     y, new_state = conv(flat, w, segment_ids=segment_ids, initial_state=flat_state)
     return y.reshape(x.shape), new_state.reshape((b, self.kernel_size - 1) + self.feature_shape)
+
+
+def projection_flops(module: nnx.Module, tokens: int) -> int:
+  """Forward FLOPs of every `Dense` and `ShortConv` inside `module` (itself included), each applied
+  once to each of `tokens` tokens; layers add the cost of their other contractions."""
+  return sum(m.flops(tokens) for _, m in nnx.iter_modules(module)
+             if isinstance(m, (Dense, ShortConv)))

@@ -10,7 +10,7 @@ from flax import nnx
 from memzoo.models.layers.common import Dense, l2_norm, param
 from memzoo.models.layers.linear_mixer import LinearMixer
 from memzoo.models.layers.registry import register_mixer
-from memzoo.models.ops.delta_rule import delta_rule
+from memzoo.models.ops.delta_rule import delta_rule, delta_rule_flops
 
 
 @register_mixer("deltanet")
@@ -27,6 +27,7 @@ class DeltaNet(LinearMixer):
   """
 
   op = staticmethod(delta_rule)
+  op_flops = staticmethod(delta_rule_flops)
 
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 1.0,
                expand_v: float = 1.0, conv_size: int | None = 4, output_gate: bool = False,

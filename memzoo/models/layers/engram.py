@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from memzoo.models.layers.common import MEMORY_VALUES, Dense, RMSNorm, ShortConv, param
+from memzoo.models.layers.base import FlopCounted
+from memzoo.models.layers.common import (MEMORY_VALUES, Dense, RMSNorm, ShortConv, param,
+                                         projection_flops)
 from memzoo.models.layers.registry import register_input_branch
 from memzoo.models.ops.memory_usage import SlotReads
 from memzoo.models.ops.ngram_hash import (PAD_TOKEN, hash_multipliers, ngram_hash, primes_from,
@@ -31,7 +33,7 @@ def _frozen(a: np.ndarray):
 
 
 @register_input_branch("engram")
-class Engram(nnx.Module):
+class Engram(FlopCounted, nnx.Module):
   """Hashed n-gram embeddings gated by the hidden state.
 
   Args:
@@ -101,6 +103,11 @@ class Engram(nnx.Module):
     """`x [B, T, d]` (the residual stream), `tokens [B, T]` -> `[B, T, d]` to add to x."""
     y, _, _ = self._forward(x, tokens, history=None, conv_state=None, segment_ids=segment_ids)
     return y
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Key and value projections, the short conv and the gate's dot product (lookups are free)."""
+    tokens = batch * seq_len
+    return projection_flops(self, tokens) + 2 * tokens * self.key.out_shape[0]
 
   def init_state(self, batch_size: int):
     """Decode state: the last N-1 tokens and the short conv's last inputs."""

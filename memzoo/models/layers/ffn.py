@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 from flax import nnx
 
+from memzoo.models.layers.base import FeedForward
 from memzoo.models.layers.common import SwiGLU
 from memzoo.models.layers.registry import register_ffn
 from memzoo.models.ops.blockwise_ffn import blockwise_feedforward
@@ -14,7 +15,7 @@ def default_hidden(d_model: int, multiple: int = 64) -> int:
 
 
 @register_ffn("swiglu")
-class SwiGLUFFN(SwiGLU):
+class SwiGLUFFN(SwiGLU, FeedForward):
   """SwiGLU feed-forward; `mlp_dim=None` picks `default_hidden(d_model)`.
 
   `chunk_size`: apply it blockwise over time chunks of this many tokens under remat
@@ -34,7 +35,7 @@ class SwiGLUFFN(SwiGLU):
 
 
 @register_ffn("identity")
-class IdentityFFN(nnx.Module):
+class IdentityFFN(FeedForward):
   """Zoology's MQAR models' `Identity` state mixer (Arora et al. 2023, Figure 2: no MLP). It returns
   its normed input, so the block adds norm(x) to the residual stream, as Zoology's blocks do."""
 
@@ -43,3 +44,6 @@ class IdentityFFN(nnx.Module):
 
   def __call__(self, x):
     return x
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    return 0

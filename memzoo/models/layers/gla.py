@@ -23,6 +23,8 @@ class GatedLinearAttention(LinearMixer):
     mode, chunk_size: see LinearMixer.
   """
 
+  vector_gate = True
+
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 0.5,
                expand_v: float = 1.0, gate_low_rank_dim: int = 16,
                gate_logit_normalizer: float = 16.0, mode: str = "chunk", chunk_size: int = 64,

@@ -19,15 +19,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.layers.base import Mixer
-from memzoo.models.layers.common import Dense, RMSNorm, ShortConv
-from memzoo.models.ops.linear_attention import linear_attention
+from memzoo.models.layers.common import Dense, RMSNorm, ShortConv, projection_flops
+from memzoo.models.ops.linear_attention import linear_attention, linear_attention_flops
 from memzoo.models.ops.linear_sequence_parallel import sequence_sharded_recurrence
 from memzoo.models.ops.segments import segment_positions
 from memzoo.models.ops.sequence_parallel import sequence_parallel_size
 
 
 class LinearMixer(Mixer):
-  """Base class; subclasses set `op` and implement `features`.
+  """Base class; subclasses set `op` (with its FLOP count `op_flops` and whether their decay is a
+  vector over Dk, `vector_gate`) and implement `features`.
 
   Args:
     d_model: model width.
@@ -43,6 +44,8 @@ class LinearMixer(Mixer):
   """
 
   op = staticmethod(linear_attention)
+  op_flops = staticmethod(linear_attention_flops)
+  vector_gate = False
 
   def __init__(self, d_model: int, num_heads: int, key_dim: int, value_dim: int, *,
                state_key_dim: int | None = None, conv_size: int | None = None,
@@ -97,6 +100,12 @@ class LinearMixer(Mixer):
 
   def __call__(self, x, *, segment_ids=None):
     return self._mix(x, segment_ids=segment_ids, state=None, mode=self.mode)[0]
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Projections (the layer's own included), short convs, and the op in `mode`."""
+    op = self.op_flops(batch, seq_len, self.num_heads, self.state_key_dim, self.value_dim,
+                       vector_gate=self.vector_gate, mode=self.mode, chunk_size=self.chunk_size)
+    return projection_flops(self, batch * seq_len) + op
 
   def init_state(self, batch_size: int, max_len: int):
     """O(1) in `max_len`: `{"recurrent": [B, H, Dk, Dv] f32, "conv": tails or None, "pos": int}`."""

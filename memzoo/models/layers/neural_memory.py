@@ -18,10 +18,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.layers.base import Mixer
-from memzoo.models.layers.common import Dense, RMSNorm, ShortConv, fan_in_init, l2_norm, param
+from memzoo.models.layers.common import (Dense, RMSNorm, ShortConv, fan_in_init, l2_norm, param,
+                                         projection_flops)
 from memzoo.models.layers.registry import register_mixer
 from memzoo.models.ops import memory_mlp
-from memzoo.models.ops.neural_memory import MemoryState, memory_state, neural_memory
+from memzoo.models.ops.neural_memory import (MemoryState, memory_state, neural_memory,
+                                             neural_memory_flops)
 from memzoo.models.ops.polynomial_features import (feature_dim, polynomial_features,
                                                    taylor_coefficients)
 
@@ -102,6 +104,7 @@ class NeuralMemory(Mixer):
     self.out_gate = (Dense(d_model, (num_heads, head_dim), axes=heads, **kw) if output_gate
                      else None)
     self.o_proj = Dense((num_heads, head_dim), d_model, axes=("heads", "head_dim", "embed"), **kw)
+    self.memory_shapes = tuple(shapes)
     self.num_heads, self.chunk_size, self.max_lr = num_heads, chunk_size, max_lr
     self.dtype = dtype or param_dtype  # of activations, and so of the conv states
     self.silu, self.qk_norm, self.omega_window = silu, qk_norm, omega_window
@@ -198,6 +201,32 @@ class NeuralMemory(Mixer):
     if self.convs is None:
       return {}
     return {n: self.convs[n].init_state(batch_size, self.dtype) for n in names}
+
+  # FLOPs (layers/base.py, FlopCounted) ----------------------------------------------------------
+
+  def op_flops(self, batch: int, length: int, mode: str | None = None) -> int:
+    """The memory op on `[batch, length]` tokens (mode: as in `write`)."""
+    mode = mode or ("recurrent" if length == 1 else "chunk")
+    return neural_memory_flops(batch, length, self.num_heads, self.memory_shapes,
+                               chunk_size=self.chunk_size, mode=mode,
+                               omega_window=self.omega_window, muon=self.rule["muon"],
+                               ns_steps=self.rule["ns_steps"])
+
+  def read_flops(self, tokens: int) -> int:
+    """`read` of `tokens` queries: the memory network, then `output`'s gate and projection."""
+    gate = 0 if self.out_gate is None else self.out_gate.flops(tokens)
+    return (memory_mlp.forward_flops(self.memory_shapes, tokens * self.num_heads) + gate
+            + self.o_proj.flops(tokens))
+
+  def prefix_flops(self, prefix_len: int) -> int:
+    """`initial_state` reading `prefix_len` persistent tokens (one copy, the recurrent form)."""
+    if not prefix_len:
+      return 0
+    return projection_flops(self, prefix_len) + self.op_flops(1, prefix_len, "recurrent")
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Projections, short convs and the memory op, without prefix (see `prefix_flops`)."""
+    return projection_flops(self, batch * seq_len) + self.op_flops(batch, seq_len)
 
   # Mixer ----------------------------------------------------------------------------------------
 

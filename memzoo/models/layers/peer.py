@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memzoo.models.layers.base import FeedForward
 from memzoo.models.layers.common import MEMORY_VALUES, param
 from memzoo.models.layers.product_keys import ProductKeyRouter
 from memzoo.models.layers.registry import register_ffn
@@ -20,7 +21,7 @@ from memzoo.models.ops.product_keys import gathered_dot, weighted_gather
 
 
 @register_ffn("peer")
-class PEER(nnx.Module):
+class PEER(FeedForward):
   """`y = sum_h sum_k w_hk gelu(u_{i_hk} . x) v_{i_hk}`, `(w, i)` from a `ProductKeyRouter`.
 
   Args:
@@ -52,3 +53,9 @@ class PEER(nnx.Module):
     slots, weights = flat(slots), flat(weights)
     hidden = jax.nn.gelu(gathered_dot(self.down[...], slots, x))  # [..., H*k] neuron activations
     return weighted_gather(self.up[...], slots, weights * hidden).astype(self.dtype or x.dtype)
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Router, then each read expert's down dot product and weighted up row."""
+    tokens = batch * seq_len
+    d_model = self.down.get_value().shape[1]
+    return self.router.flops(tokens) + 2 * 2 * tokens * self.router.reads * d_model

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memzoo.models.layers.base import FeedForward
 from memzoo.models.layers.common import MEMORY_VALUES, Dense, param
 from memzoo.models.layers.product_keys import ProductKeyRouter
 from memzoo.models.layers.registry import register_ffn
@@ -24,7 +25,7 @@ from memzoo.models.ops.product_keys import weighted_gather
 
 
 @register_ffn("pkm")
-class ProductKeyMemory(nnx.Module):
+class ProductKeyMemory(FeedForward):
   """`y = W_o(read(x) * silu(W_s x))` with `read(x) = sum_h sum_k w_hk V[slot_hk]` (Memory+ eq. for
   the SwiLU read); `(w, slot)` come from a `ProductKeyRouter` and the heads' reads are summed.
 
@@ -73,3 +74,9 @@ class ProductKeyMemory(nnx.Module):
     dtype = self.out.dtype or x.dtype
     read = weighted_gather(table, flat(slots), flat(weights)).astype(dtype)
     return self.out(read * jax.nn.silu(self.gate(x)))
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Router, the weighted sum of the read rows, and the gate and output projections."""
+    tokens = batch * seq_len
+    read = 2 * tokens * self.router.reads * self.v_dim
+    return self.router.flops(tokens) + read + self.gate.flops(tokens) + self.out.flops(tokens)

@@ -45,6 +45,15 @@ class ProductKeyRouter(nnx.Module):
   def num_slots(self) -> int:
     return self.n_keys ** 2
 
+  @property
+  def reads(self) -> int:
+    """Slots read per token, over all heads."""
+    return self.heads * self.topk
+
+  def flops(self, tokens: int) -> int:
+    """Forward FLOPs: the query projection and the sub-key scores (top-k is not counted)."""
+    return self.query.flops(tokens) + 2 * tokens * self.heads * self.n_keys * self.k_dim
+
   def __call__(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """`x [..., d] -> (weights [..., H, k] float32 (or wider), slots [..., H, k] int32)`."""
     q = self.query_norm(self.query(x))  # [..., H, 2, k_dim/2]

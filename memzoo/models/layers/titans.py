@@ -28,7 +28,7 @@ from flax import nnx
 
 from memzoo.errors import ConfigError
 from memzoo.models.layers.base import Mixer
-from memzoo.models.layers.common import RMSNorm, param
+from memzoo.models.layers.common import RMSNorm, param, projection_flops
 from memzoo.models.layers.neural_memory import NeuralMemory
 from memzoo.models.layers.registry import register_mixer
 from memzoo.models.layers.window_attention import WindowAttention, prefix_attention
@@ -86,6 +86,7 @@ class _Titans(Mixer):
                                 rope_theta=rope_theta, block_q=block_q, **kw)
     self.memory = NeuralMemory(d_model, num_heads, head_dim, **_memory_options(memory), **kw)
     self.dtype = dtype or param_dtype
+    self.num_persistent = num_persistent
 
   def prefix(self):
     """The persistent tokens `[N, d]` in the compute dtype, or None."""
@@ -112,6 +113,12 @@ class MemoryAsGate(_Titans):
                      rope_theta=rope_theta, block_q=block_q, memory=memory, dtype=dtype,
                      param_dtype=param_dtype, rngs=rngs)
     self.gate = MemoryGate(d_model, param_dtype=param_dtype, rngs=rngs)
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Attention over the persistent prefix, the memory after reading it."""
+    n = self.num_persistent
+    return (self.attn.flops(batch, seq_len, n) + self.memory.flops(batch, seq_len)
+            + self.memory.prefix_flops(n))
 
   def __call__(self, x, *, segment_ids=None):
     prefix = self.prefix()
@@ -140,6 +147,12 @@ class MemoryAsLayer(_Titans):
     super().__init__(d_model, num_heads, head_dim, window=window, num_persistent=num_persistent,
                      rope_theta=rope_theta, block_q=block_q, memory=memory, dtype=dtype,
                      param_dtype=param_dtype, rngs=rngs)
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """The memory after reading the persistent prefix, then attention over its outputs on it."""
+    n = self.num_persistent
+    return (self.memory.flops(batch, seq_len) + self.memory.prefix_flops(n)
+            + self.attn.flops(batch, seq_len, n))
 
   def __call__(self, x, *, segment_ids=None):
     state, prefix_out = self.memory.initial_state(x.shape[0], self.prefix())
@@ -188,6 +201,25 @@ class MemoryAsContext(_Titans):
       empty = jnp.zeros((0, self.attn.num_heads, self.attn.head_dim), dtype)
       return empty, empty
     return self.attn.prefix_kv(prefix)
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Per segment of n tokens (T padded to a multiple of n), each of the B rows: the retrieval,
+    the attention projections (keys and values of h and S), attention of n queries over the
+    prefix and 2n keys, the memory's projections of y (its convs over n + K - 1 inputs), the
+    memory op, and the memory's output twice (retrieval and gate). Before the scan: the memory
+    queries of x and the prefix's keys and values."""
+    n, memory, attn = self.segment_len, self.memory, self.attn
+    rows = batch * n
+    convs = 0 if memory.convs is None else sum(
+        c.flops(batch * (n + self.conv_width)) - c.flops(rows) for c in memory.convs.values())
+    scores = 2 * rows * (self.num_persistent + 2 * n) * attn.num_heads * 2 * attn.head_dim
+    segment = (memory.read_flops(rows) + projection_flops(attn, rows) + attn.k_proj.flops(rows)
+               + attn.v_proj.flops(rows) + scores + projection_flops(memory, rows) + convs
+               + memory.op_flops(batch, n, "chunk"))
+    queries = memory.q_proj.flops(batch * seq_len) + (
+        0 if memory.convs is None else memory.convs["q"].flops(batch * seq_len))
+    prefix_kv = attn.k_proj.flops(self.num_persistent) + attn.v_proj.flops(self.num_persistent)
+    return -(-seq_len // n) * segment + queries + prefix_kv
 
   def __call__(self, x, *, segment_ids=None):
     b, t, _ = x.shape

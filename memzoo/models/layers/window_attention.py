@@ -9,7 +9,7 @@ cache keeps the last w - 1 keys and values.
 import jax.numpy as jnp
 from flax import nnx
 
-from memzoo.models.layers.common import Dense
+from memzoo.models.layers.common import Dense, projection_flops
 from memzoo.models.ops.attention import attention_mask, naive_attention
 from memzoo.models.ops.rope import apply_rope
 from memzoo.models.ops.segments import segment_positions
@@ -62,6 +62,17 @@ class WindowAttention(nnx.Module):
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "pos": jnp.full((batch_size, self.window - 1), UNWRITTEN, jnp.int32),
             "next": jnp.zeros((), jnp.int32)}
+
+  def flops(self, batch: int, seq_len: int, prefix_len: int = 0) -> int:
+    """Forward FLOPs on `[batch, seq_len]` with `prefix_len` prefix tokens: the projections (the
+    prefix's keys and values once, unbatched) and, per block of b queries, scores and values over
+    the prefix and the b + window - 1 keys the block reaches (masked ones included)."""
+    block = min(self.block_q, seq_len)
+    queries = batch * -(-seq_len // block) * block
+    keys = prefix_len + block + self.window - 1
+    core = 2 * queries * keys * self.num_heads * 2 * self.head_dim
+    return (projection_flops(self, batch * seq_len) + core
+            + self.k_proj.flops(prefix_len) + self.v_proj.flops(prefix_len))
 
   def __call__(self, x, *, prefix=None, segment_ids=None):
     """`x [B, T, d] -> [B, T, d]`; `prefix [N, d]`; `segment_ids [B, T]` packed documents."""

@@ -302,6 +302,31 @@ def blockwise_attention(q, k, v, q_tokens: Tokens, kv_tokens: Tokens, *, causal:
   return out.reshape(b, t, h, v.shape[-1])
 
 
+def _blocks(length: int, block: int) -> list[tuple[int, int]]:
+  """`(first, last)` positions of the valid tokens of each block of `split_blocks`."""
+  return [(lo, min(lo + block, length) - 1) for lo in range(0, length, block)]
+
+
+def attention_flops(batch: int, q_len: int, kv_len: int, heads: int, head_dim: int,
+                    value_dim: int, *, impl: str, causal: bool = True, window: int | None = None,
+                    block_q: int = 512, block_k: int = 512) -> int:
+  """Forward matmul FLOPs of `attention` on one document per row (no segment_ids, positions
+  0, 1, ...): `2 * pairs * (head_dim + value_dim)` per head, where `pairs` counts the score entries
+  the chosen form computes. "naive" computes all `q_len * kv_len` scores (masked ones included, as
+  PaLM's model FLOPs count them); "blockwise" computes full `block_q x block_k` tiles for the block
+  pairs that `block_visible` does not skip (padding included)."""
+  if impl == "naive":
+    pairs = q_len * kv_len
+  elif impl == "blockwise":
+    visible = lambda q, k: ((not causal or k[0] <= q[1]) and
+                            (window is None or (q[0] - k[1] < window and k[0] - q[1] < window)))
+    pairs = block_q * block_k * sum(visible(q, k) for q in _blocks(q_len, block_q)
+                                    for k in _blocks(kv_len, block_k))
+  else:
+    raise ValueError(f"unknown attention impl {impl!r}; use 'naive' or 'blockwise'")
+  return 2 * batch * heads * pairs * (head_dim + value_dim)
+
+
 def attention(q, k, v, *, causal: bool = True, segment_ids=None, window: int | None = None,
               scale: float | None = None, impl: str = "naive", block_q: int = 512,
               block_k: int = 512, q_positions=None, kv_positions=None) -> jnp.ndarray:

@@ -34,3 +34,11 @@ def linear_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *,
   return linear_recurrence.run(q, k, v, None, log_decay=log_decay, scale=scale,
                                initial_state=initial_state, segment_ids=segment_ids, mode=mode,
                                chunk_size=chunk_size, modes=("chunk", "recurrent", "parallel"))
+
+
+def linear_attention_flops(batch: int, length: int, heads: int, dk: int, dv: int, *,
+                           vector_gate: bool = False, mode: str = "chunk",
+                           chunk_size: int = 64) -> int:
+  """Forward matmul FLOPs of `linear_attention` (see `linear_recurrence.flops`)."""
+  return linear_recurrence.flops(batch, length, heads, dk, dv, delta=False,
+                                 vector_gate=vector_gate, mode=mode, chunk_size=chunk_size)

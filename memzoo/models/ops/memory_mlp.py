@@ -65,6 +65,26 @@ def forward_per_token(weights: Weights, x: jnp.ndarray, activation: str,
   return z + x if residual else z
 
 
+def forward_flops(shapes: Sequence[tuple[int, int]], rows: int) -> int:
+  """Matmul FLOPs of `forward` (and of `forward_per_token`) on `rows` inputs (batch x heads x N) of
+  a memory with `layer_shapes` `shapes`."""
+  return 2 * rows * sum(i * o for i, o in shapes)
+
+
+def sample_gradient_flops(shapes: Sequence[tuple[int, int]], rows: int) -> int:
+  """Matmul FLOPs of `sample_gradients` on `rows` keys: the forward pass and the backward one
+  through every layer but the first."""
+  return forward_flops(shapes, rows) + forward_flops(shapes[1:], rows)
+
+
+def newton_schulz_flops(shapes: Sequence[tuple[int, int]], steps: int, rows: int) -> int:
+  """Matmul FLOPs of `newton_schulz` on `rows` weight sets of `shapes`: per step and `[m, n]`
+  matrix (m <= n, after the transpose), `x x^T` and `(..) @ x` at `2 m^2 n` each and `gram @ gram`
+  at `2 m^3`."""
+  per_step = sum(4 * min(s) ** 2 * max(s) + 2 * min(s) ** 3 for s in shapes)
+  return rows * steps * per_step
+
+
 def sample_gradients(weights: Weights, keys: jnp.ndarray, values: jnp.ndarray, activation: str,
                      residual: bool) -> tuple[list[jnp.ndarray], list[jnp.ndarray]]:
   """Per-token gradients of `1/2 ||M(k_n) - v_n||^2`, as outer-product factors.

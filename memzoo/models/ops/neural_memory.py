@@ -407,3 +407,45 @@ def neural_memory_linear(q, k, v, lr, momentum, decay, *, chunk_size: int,
   o, state = neural_memory(q, k, v, lr, momentum, decay, state=memory_state((m,), momentum=(s,)),
                            chunk_size=chunk_size, segment_ids=segment_ids, mode=mode)
   return o, (state.weights[0], state.momentum[0])
+
+
+def neural_memory_flops(batch: int, length: int, heads: int, shapes: Sequence[tuple[int, int]], *,
+                        chunk_size: int, mode: str = "chunk", omega_window: int = 1,
+                        muon: bool = False, ns_steps: int = 5) -> int:
+  """Forward matmul FLOPs of `neural_memory` from a fresh state, without `segment_ids` (2 per
+  multiply-add; gates, products of gates, clipping and activations not counted).
+
+  `shapes`: the memory's `memory_mlp.layer_shapes`. With c = omega_window and per batch and head:
+
+  * recurrent, per token: the gradients of the c window tokens at the anchor, their sum, the read,
+    and Muon's Newton-Schulz on the momentum;
+  * chunk, per chunk of C tokens (T padded up to a multiple of C) with P = C + c - 1 gradient
+    tokens: the `[C, C]` coefficient products (the Omega band adds a `[C, C] @ [C, P]` product),
+    the P gradients and then either `dual_read` (two weight bases, `[C, P]` scores) and the two
+    sums of the end-of-chunk weights and momentum, or, with Muon, per-token momenta, their
+    Newton-Schulz, weights and reads.
+
+  A sum of gradients weighted by N coefficient rows (`_outer_sum`) is a three-operand einsum that
+  jnp.einsum contracts cheapest pair first: the coefficients with the narrower gradient factor
+  (`N min(I, O)` per gradient) or the two factors (`I O`), then the rest (`N I O`).
+  """
+  io = [i * o for i, o in shapes]
+  slots = omega_window - 1
+  grads = lambda rows: memory_mlp.sample_gradient_flops(shapes, rows)
+  outer_sum = lambda rows, n=1: sum(2 * rows * (min(i_o, n * min(s)) + n * i_o)
+                                   for s, i_o in zip(shapes, io))
+  if mode == "recurrent":
+    per_token = (grads(omega_window) + outer_sum(omega_window) + memory_mlp.forward_flops(shapes, 1)
+                 + (memory_mlp.newton_schulz_flops(shapes, ns_steps, 1) if muon else 0))
+    return batch * heads * length * per_token
+  c = chunk_size
+  p = c + slots
+  omega_band = 2 * c * c * p if slots else 0
+  if muon:
+    per_chunk = (omega_band + grads(p) + outer_sum(p, c) + sum(2 * c * c * x for x in io)
+                 + memory_mlp.newton_schulz_flops(shapes, ns_steps, c)
+                 + memory_mlp.forward_flops(shapes, c))
+  else:
+    read = sum(2 * 2 * c * i * o + 2 * c * p * (i + o) for i, o in shapes)
+    per_chunk = 2 * c * c + 2 * c * c * p + omega_band + grads(p) + read + 2 * outer_sum(p)
+  return batch * heads * -(-length // c) * per_chunk

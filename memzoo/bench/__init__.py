@@ -1,0 +1,1 @@
+"""Micro-benchmarks: `memzoo-bench` (memzoo/bench/cli.py) runs them and writes the report."""

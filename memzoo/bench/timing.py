@@ -1,0 +1,47 @@
+"""Timing rules shared by every benchmark: the machine they ran on, and a median of several runs.
+
+Each measurement reports wall seconds and process CPU seconds (all threads). On a machine shared
+with other jobs the wall time is meaningless, but the CPU time of one call still compares two
+variants of the same program (it grows with cache contention, so only compare runs taken side by
+side).
+"""
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable, NamedTuple
+
+import jax
+
+from memzoo.train.mfu import host_cpu
+
+
+def machine() -> str:
+  """One line: CPU, memory, OS, Python, JAX and its devices."""
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+  devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+  return (f"{host_cpu()}; {memory:.0f} GiB RAM; {platform.platform()}; "
+          f"python {platform.python_version()}; jax {jax.__version__} on {jax.default_backend()} "
+          f"({jax.device_count()} x {devices})")
+
+
+class Timing(NamedTuple):
+  """Medians over the timed calls, in seconds, and how many calls they summarise."""
+  wall: float
+  cpu: float
+  repeats: int
+
+
+def time_call(fn: Callable, *args, repeats: int, warmup: int = 2) -> Timing:
+  """Median wall and CPU seconds of `fn(*args)` over `repeats` calls, after `warmup` calls (the
+  first compiles)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  walls, cpus = [], []
+  for _ in range(repeats):
+    wall, cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    walls.append(time.perf_counter() - wall)
+    cpus.append(time.process_time() - cpu)
+  return Timing(statistics.median(walls), statistics.median(cpus), repeats)
