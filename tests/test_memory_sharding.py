@@ -54,7 +54,7 @@ tokens = jax.random.randint(jax.random.key(3), (4, 9), 0, 64)
 rules = {"mlp": "tensor", "memory": "data", "heads": "tensor", "kv_heads": "tensor"}
 tables = check(LanguageModel(cfg, rngs=nnx.Rngs(0)), tokens, rules, 2)
 assert tables["memory_values"].addressable_shards[0].data.shape == (32, 8)
-assert tables["blocks/0/engram/table"].sharding.spec[0] == "data"
+assert tables["stack/blocks/0/engram/table"].sharding.spec[0] == "data"
 print("ok")
 """
 

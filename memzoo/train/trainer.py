@@ -220,7 +220,7 @@ def train(config, workdir, overwrite: bool = False) -> dict:
           train_metrics = flush(pending) if pending else jax.device_get(metrics)
           pending = None
           last_eval = evaluate(run, state.params)
-          log.write(step, "val", **last_eval)
+          log.write(step, "val", **last_eval, elapsed_s=time.perf_counter() - t_start)
           bar.print(f"step {step:>6}: train loss {train_metrics['loss']:.4f} | val loss "
                     f"{last_eval['loss']:.4f} | val acc {last_eval['accuracy']:.4f} | "
                     f"{time.perf_counter() - t_start:.1f} s")

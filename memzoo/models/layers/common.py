@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.ops.conv import causal_conv1d
+from memzoo.models.ops.linear_sequence_parallel import sequence_sharded_conv1d
+from memzoo.models.ops.sequence_parallel import sequence_parallel_size
 
 Axes = tuple[str | None, ...]
 Shape = int | Sequence[int]
@@ -156,5 +158,7 @@ class ShortConv(nnx.Module):
     flat = x.reshape(b, t, -1)
     w = self.weight[...].reshape(self.kernel_size, -1)
     flat_state = None if state is None else state.reshape(b, self.kernel_size - 1, -1)
-    y, new_state = causal_conv1d(flat, w, segment_ids=segment_ids, initial_state=flat_state)
+    # Under a mesh that shards time, shards exchange the K-1 inputs their taps reach back to.
+    conv = sequence_sharded_conv1d if sequence_parallel_size() > 1 else causal_conv1d
+    y, new_state = conv(flat, w, segment_ids=segment_ids, initial_state=flat_state)
     return y.reshape(x.shape), new_state.reshape((b, self.kernel_size - 1) + self.feature_shape)

@@ -8,6 +8,10 @@
 Training runs the chunk form over the whole sequence; `prefill` runs it from a carried state and
 `step` runs one token of the recurrent form. The decode state holds the `[B, H, Dk, Dv]` float32
 matrix, the short-conv tails and the position reached.
+
+Under a mesh whose "sequence" axis is > 1, `__call__` and `prefill` run the op and the short conv
+sequence-parallel (ops/linear_sequence_parallel.py: the local chunk form on every shard, one
+all-gather of the shard states and transitions, a ppermute halo for the conv).
 """
 
 import jax
@@ -17,7 +21,9 @@ from flax import nnx
 from memzoo.models.layers.base import Mixer
 from memzoo.models.layers.common import Dense, RMSNorm, ShortConv
 from memzoo.models.ops.linear_attention import linear_attention
+from memzoo.models.ops.linear_sequence_parallel import sequence_sharded_recurrence
 from memzoo.models.ops.segments import segment_positions
+from memzoo.models.ops.sequence_parallel import sequence_parallel_size
 
 
 def short_convs(convs, arrays, *, segment_ids, tails):
@@ -84,9 +90,11 @@ class LinearMixer(Mixer):
       positions = segment_positions(segment_ids, b, t)
     else:
       positions = jnp.broadcast_to(state["pos"] + jnp.arange(t, dtype=jnp.int32), (b, t))
-    o, recurrent = self.op(**self.features(x, q, k, v, positions),
-                           initial_state=None if state is None else state["recurrent"],
-                           segment_ids=segment_ids, mode=mode, chunk_size=self.chunk_size)
+    # Under a mesh that shards time (and for more than one token) the op runs sequence-parallel.
+    op = sequence_sharded_recurrence if t > 1 and sequence_parallel_size() > 1 else self.op
+    o, recurrent = op(**self.features(x, q, k, v, positions),
+                      initial_state=None if state is None else state["recurrent"],
+                      segment_ids=segment_ids, mode=mode, chunk_size=self.chunk_size)
     y = self.out_norm(o)
     if self.gate_proj is not None:
       y = y * jax.nn.silu(self.gate_proj(x))

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from memzoo.models.ops import chunking
+from memzoo.models.ops.attention import match_vma
 from memzoo.models.ops.segments import segment_starts
 
 SUB_CHUNK = 16  # sub-chunk of the vector-gate score computation
@@ -236,6 +237,7 @@ def run(q, k, v, beta, *, log_decay, scale, initial_state, segment_ids, mode, ch
     log_decay = log_decay[..., None]
   state = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None
            else initial_state.astype(jnp.float32))
+  state = match_vma(state, q, k, v, beta, log_decay, segment_ids)  # a loop carry in shard_map
   args = (f32(q), f32(k), f32(v), f32(beta), f32(log_decay), document_starts(segment_ids, b, t),
           state, scale)
   if mode == "recurrent":

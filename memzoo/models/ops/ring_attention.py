@@ -25,8 +25,9 @@ from memzoo.models.ops.attention import (Softmax, Tokens, attend_chunk, attend_c
                                          match_vma, merge_blocks, output_delta, split_blocks,
                                          stats_to_tokens)
 from memzoo.models.ops.chunking import from_chunks, pad_time
-from memzoo.models.ops.sequence_parallel import (SEQUENCE_AXIS, place_for_shard_map,
-                                                 sharded_dim, zigzag_shard, zigzag_unshard)
+from memzoo.models.ops.sequence_parallel import (SEQUENCE_AXIS, mesh_with_axis,
+                                                 place_for_shard_map, sharded_dim, zigzag_shard,
+                                                 zigzag_unshard)
 
 # ------------------------------------------------------------------------------------------------
 # The ring.
@@ -161,10 +162,7 @@ def ring_self_attention(q, k, v, *, mesh=None, axis_name: str = SEQUENCE_AXIS,
   Returns:
     `[B, T, H, Dv]`, equal to `attention(q, k, v, causal=causal, segment_ids=segment_ids, ...)`.
   """
-  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
-  if axis_name not in mesh.axis_names:
-    raise ValueError(f"mesh axes {mesh.axis_names} have no {axis_name!r}; pass axis_name= one of "
-                     "them or run under jax.set_mesh with a sequence axis")
+  mesh = mesh_with_axis(mesh, axis_name)
   n = mesh.shape[axis_name]
   balance = load_balance and causal and n > 1
   b, t = q.shape[:2]

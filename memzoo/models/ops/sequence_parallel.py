@@ -1,7 +1,9 @@
 """Laying a sequence out over the `"sequence"` mesh axis (context parallelism).
 
 * `sequence_parallel_size()`: whether the current mesh shards sequences (layers switch to their
-  sequence-parallel form when it is > 1).
+  sequence-parallel form when it is > 1); `mesh_with_axis` resolves and checks the mesh a
+  sequence-parallel op runs on.
+* `from_previous_shard`: inside `shard_map`, what the shard before holds (a halo, one ppermute).
 * Zigzag load balancing: with causal attention and contiguous shards, device i has i + 1 chunks of
   work and device 0 idles. Splitting the sequence into 2N chunks and giving device i the chunks i
   and 2N - 1 - i (the "zigzag" / dual-chunk-swap order of Megatron-CP and MaxText) evens it out.
@@ -23,6 +25,22 @@ def sequence_parallel_size(axis_name: str = SEQUENCE_AXIS) -> int:
   if axis_name not in mesh.axis_names or axis_name in mesh.manual_axes:
     return 1
   return mesh.shape[axis_name]
+
+
+def mesh_with_axis(mesh, axis_name: str):
+  """`mesh`, or the current mesh (`jax.set_mesh`) when None, checked to have `axis_name`."""
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  if axis_name not in mesh.axis_names:
+    raise ValueError(f"mesh axes {mesh.axis_names} have no {axis_name!r}; pass axis_name= one of "
+                     "them or run under jax.set_mesh with a sequence axis")
+  return mesh
+
+
+def from_previous_shard(x, axis_name: str):
+  """Inside `shard_map`: every leaf of `x` from shard i - 1 on shard i; zeros on shard 0."""
+  n = jax.lax.axis_size(axis_name)
+  perm = [(i, i + 1) for i in range(n - 1)]
+  return jax.tree.map(lambda a: jax.lax.ppermute(a, axis_name, perm), x)
 
 
 def place_for_shard_map(x, mesh, axis_name: str, dim: int | None):
