@@ -86,7 +86,8 @@ def _masked(op, q, k, v, beta, log_decay, memories, weights, initial_state, segm
   dense_weights = jnp.einsum("btp,btpm->btm", weights.astype(jnp.float32),
                              chosen.astype(jnp.float32))
   keep = lambda a: None if a is None else jnp.where(routed, a, jnp.zeros((), a.dtype))
-  fold = lambda a: None if a is None else a.reshape((b, t, m * h) + a.shape[4:])  # memories -> heads
+  # The memories go onto the head axis: one op call with M H heads.
+  fold = lambda a: None if a is None else a.reshape((b, t, m * h) + a.shape[4:])
   q_all = jnp.broadcast_to(q[:, :, None], (b, t, m, h, dk))
   state = None if initial_state is None else initial_state.reshape(b, m * h, dk, dv)
   o, state = op(**_op_inputs(fold(q_all), fold(jnp.where(routed[..., None], k, 0)), fold(v),
@@ -110,7 +111,8 @@ def _gathered(op, q, k, v, beta, log_decay, memories, weights, segment_ids, mode
       a.reshape((b, t * m) + a.shape[3:]), token_of * m + memory_of)
   document = (jnp.zeros((b, t), jnp.int32) if segment_ids is None
               else jnp.cumsum(segment_starts(segment_ids), axis=1, dtype=jnp.int32))
-  run_ids = memory_of * (t + 1) + by_token(document)  # changes at every memory and document boundary
+  # Changes at every memory and at every document boundary.
+  run_ids = memory_of * (t + 1) + by_token(document)
   o, _ = op(**_op_inputs(by_token(q), by_memory(k), by_memory(v), by_memory(beta),
                          by_memory(log_decay)),
             segment_ids=run_ids, mode=mode, chunk_size=chunk_size)
