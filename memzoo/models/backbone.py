@@ -98,10 +98,12 @@ class Block(nnx.Module):
     return self.ffn(h) if values is None else self.ffn(h, values=values)
 
   def __call__(self, x, tokens, *, segment_ids=None, values=None):
+    """`(x, aux_loss)`: the block's output and its mixer's auxiliary loss."""
     if self.engram is not None:
       x = x + self.engram(x, tokens, segment_ids=segment_ids)
-    x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids)
-    return constrain(x + self._ffn(x, values), ACTIVATION)
+    y, aux = self.mixer.mix_with_aux(self.mixer_norm(x), segment_ids=segment_ids)
+    x = x + y
+    return constrain(x + self._ffn(x, values), ACTIVATION), aux
 
   def flops(self, batch: int, seq_len: int, *, backward: bool = False) -> int:
     """Forward (or backward) FLOPs of the block's layers (see layers/base.py, FlopCounted)."""
@@ -135,13 +137,16 @@ class BlockGroup(nnx.Module):
     self.policy, self.remat = REMAT_POLICIES[remat], remat != "none"
 
   def __call__(self, x, tokens, *, segment_ids=None, values=None):
+    """`(x, the blocks' auxiliary losses summed)`."""
+    aux = jnp.zeros((), jnp.float32)
     for block, shared in zip(self.blocks, self.shared_values):
       def run(block, x, values):
         return block(x, tokens, segment_ids=segment_ids, values=values)
       if self.remat:
         run = nnx.remat(run, policy=self.policy)
-      x = run(block, x, values if shared else None)
-    return x
+      x, block_aux = run(block, x, values if shared else None)
+      aux = aux + block_aux
+    return x, aux
 
   def flops(self, batch: int, seq_len: int, *, backward: bool = False) -> int:
     return sum(block.flops(batch, seq_len, backward=backward) for block in self.blocks)
@@ -173,10 +178,12 @@ class ScannedGroups(nnx.Module):
     return self.count * self.groups.flops(batch, seq_len, backward=backward)
 
   def __call__(self, x, tokens, *, segment_ids=None, values=None):
-    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+    """`(x, the auxiliary losses of every group summed)`."""
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))
     def run(group, x):
       return group(x, tokens, segment_ids=segment_ids)
-    return run(self.groups, x)
+    x, aux = run(self.groups, x)
+    return x, jnp.sum(aux)
 
   def init_state(self, batch_size: int, max_len: int):
     @nnx.vmap(in_axes=0, out_axes=0)
@@ -269,9 +276,14 @@ class LanguageModel(nnx.Module):
 
   def __call__(self, tokens, *, segment_ids=None):
     """`tokens [B, T] int -> logits [B, T, vocab] float32`."""
-    x = self.stack(self._embed(tokens), tokens, segment_ids=segment_ids,
-                   values=self.memory_values)
-    return self._logits(x)
+    return self.logits_and_aux_loss(tokens, segment_ids=segment_ids)[0]
+
+  def logits_and_aux_loss(self, tokens, *, segment_ids=None):
+    """`(logits, aux_loss)`: the layers' auxiliary training losses summed, a float32 scalar (0
+    without layers that have one; see `Mixer.mix_with_aux`)."""
+    x, aux = self.stack(self._embed(tokens), tokens, segment_ids=segment_ids,
+                        values=self.memory_values)
+    return self._logits(x), aux
 
   def init_state(self, batch_size: int, max_len: int):
     """Decode state, per layer `{"mixer": Mixer.init_state(...)}` plus `"engram"` in engram layers;

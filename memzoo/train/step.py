@@ -20,19 +20,11 @@ def token_stats(logits: jnp.ndarray, targets: jnp.ndarray) -> dict:
           "count": jnp.sum(scored).astype(jnp.float32)}
 
 
-def aux_loss(model: nnx.Module) -> jnp.ndarray:
-  """Sum of the auxiliary losses the layers sowed (`sow(nnx.Intermediate, "aux_loss", v)`)."""
-  sown = nnx.pop(model, nnx.Intermediate)
-  values = [jnp.sum(jnp.asarray(v)) for path, var in nnx.to_flat_state(sown)
-            if "aux_loss" in path for v in jax.tree.leaves(var)]
-  return sum(values, jnp.zeros((), jnp.float32))
-
-
 def forward(graphdef: nnx.GraphDef, params: dict, batch: dict):
-  """Logits and the sown auxiliary loss of the model with these params."""
+  """Logits and the summed auxiliary loss of the layers (`Mixer.mix_with_aux`), with these
+  params."""
   model = nnx.merge(graphdef, params)
-  logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
-  return logits, aux_loss(model)
+  return model.logits_and_aux_loss(batch["inputs"], segment_ids=batch.get("segment_ids"))
 
 
 def micro_batches(batch: dict, count: int) -> dict:

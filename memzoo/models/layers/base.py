@@ -39,12 +39,23 @@ class Mixer(FlopCounted, nnx.Module):
              `max_len` bounds the total tokens for mixers whose state grows (attention's KV cache).
   Invariant: prefill(x[:, :s]) then step() on each later token == mixer(x), up to float error.
 
+  Auxiliary losses: `y, aux = mixer.mix_with_aux(x, segment_ids=None)` also returns the layer's
+             auxiliary training loss, a float32 scalar (0 by default; MoM's load balancing).
+             The LM sums it over layers and the trainer adds `config.model.aux_loss_coef` times
+             the sum. Returned, not sown: `nnx.capture` fails under `nnx.remat` / `nnx.scan` for
+             modules that hold an `nnx.List` (flax 0.12.8).
+
   Subclasses implement `__call__`, `init_state`, `step` and `flops` (see `FlopCounted`); the
-  default `prefill` scans `step`, and mixers with a parallel form override it.
+  default `prefill` scans `step`, and mixers with a parallel form override it. Mixers with an
+  auxiliary loss override `mix_with_aux` and make `__call__` return its first output.
   """
 
   def __call__(self, x: jnp.ndarray, *, segment_ids: jnp.ndarray | None = None) -> jnp.ndarray:
     raise NotImplementedError
+
+  def mix_with_aux(self, x: jnp.ndarray, *,
+                   segment_ids: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    return self(x, segment_ids=segment_ids), jnp.zeros((), jnp.float32)
 
   def init_state(self, batch_size: int, max_len: int) -> State:
     raise NotImplementedError

@@ -45,12 +45,12 @@ class DeltaNet(LinearMixer):
     return {"q": l2_norm(q), "k": l2_norm(k), "v": v, "beta": beta}
 
 
-def _a_log_init(key, shape, dtype):
+def a_log_init(key, shape, dtype):
   """Mamba2: A ~ U(1, 16), stored as log A."""
   return jnp.log(jax.random.uniform(key, shape, dtype, 1.0, 16.0))
 
 
-def _dt_bias_init(key, shape, dtype, dt_min=1e-3, dt_max=0.1):
+def dt_bias_init(key, shape, dtype, dt_min=1e-3, dt_max=0.1):
   """Mamba2: dt ~ logU(dt_min, dt_max); the bias is softplus^-1(dt) so softplus(bias) = dt."""
   log_dt = jax.random.uniform(key, shape, dtype, math.log(dt_min), math.log(dt_max))
   dt = jnp.maximum(jnp.exp(log_dt), 1e-4)
@@ -76,8 +76,8 @@ class GatedDeltaNet(DeltaNet):
     self.decay_proj = Dense(d_model, num_heads, axes=("embed", "heads"), dtype=dtype,
                             param_dtype=param_dtype, rngs=rngs)
     # The decay parameters stay float32 whatever param_dtype is.
-    self.A_log = param(rngs, _a_log_init, num_heads, ("heads",))
-    self.dt_bias = param(rngs, _dt_bias_init, num_heads, ("heads",))
+    self.A_log = param(rngs, a_log_init, num_heads, ("heads",))
+    self.dt_bias = param(rngs, dt_bias_init, num_heads, ("heads",))
 
   def features(self, x, q, k, v, positions):
     dt = jax.nn.softplus(self.decay_proj(x).astype(jnp.float32) + self.dt_bias[...])

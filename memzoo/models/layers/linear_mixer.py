@@ -26,6 +26,15 @@ from memzoo.models.ops.segments import segment_positions
 from memzoo.models.ops.sequence_parallel import sequence_parallel_size
 
 
+def short_convs(convs, arrays, *, segment_ids, tails):
+  """`SiLU(conv_i(arrays[i]))` for each array and its own short conv, continuing from the decode
+  `tails` (None: a fresh sequence). Returns `(outputs, new tails)`, both tuples."""
+  tails = (None,) * len(arrays) if tails is None else tails
+  outs = [conv(a, segment_ids=segment_ids, state=tail)
+          for conv, a, tail in zip(convs, arrays, tails)]
+  return tuple(jax.nn.silu(a) for a, _ in outs), tuple(tail for _, tail in outs)
+
+
 class LinearMixer(Mixer):
   """Base class; subclasses set `op` (with its FLOP count `op_flops` and whether their decay is a
   vector over Dk, `vector_gate`) and implement `features`.
@@ -78,10 +87,8 @@ class LinearMixer(Mixer):
     q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
     conv_state = None
     if self.convs is not None:
-      tails = (None,) * 3 if state is None else state["conv"]
-      outs = [conv(a, segment_ids=segment_ids, state=tail)
-              for conv, a, tail in zip(self.convs, (q, k, v), tails)]
-      (q, k, v), conv_state = (tuple(jax.nn.silu(a) for a, _ in outs), tuple(s for _, s in outs))
+      (q, k, v), conv_state = short_convs(self.convs, (q, k, v), segment_ids=segment_ids,
+                                          tails=None if state is None else state["conv"])
     if state is None:
       positions = segment_positions(segment_ids, b, t)
     else:
