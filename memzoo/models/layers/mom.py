@@ -6,12 +6,12 @@ from flax import nnx
 
 from memzoo.errors import ConfigError
 from memzoo.models.layers.base import Mixer
-from memzoo.models.layers.common import Dense, RMSNorm, ShortConv, l2_norm, param
+from memzoo.models.layers.common import Dense, RMSNorm, ShortConv, l2_norm, param, projection_flops
 from memzoo.models.layers.deltanet import a_log_init, dt_bias_init
 from memzoo.models.layers.linear_mixer import short_convs
 from memzoo.models.layers.registry import register_mixer
-from memzoo.models.ops.delta_rule import delta_rule
-from memzoo.models.ops.linear_attention import linear_attention
+from memzoo.models.ops.delta_rule import delta_rule, delta_rule_flops
+from memzoo.models.ops.linear_attention import linear_attention, linear_attention_flops
 from memzoo.models.ops.mixture_of_memories import FORMS, mixture_of_memories
 from memzoo.models.ops.routing import load_balancing_loss, top_k_route
 
@@ -22,6 +22,7 @@ MEMORY_OPS = {
     "gated_linear_attention": (linear_attention, False, True),  # scalar gate: Mamba2 / simple GLA
     "linear_attention": (linear_attention, False, False),
 }
+OP_FLOPS = {delta_rule: delta_rule_flops, linear_attention: linear_attention_flops}
 
 
 def _check(condition: bool, option: str, problem: str, fix: str) -> None:
@@ -124,6 +125,18 @@ class MixtureOfMemories(Mixer):
     self.num_memories, self.top_k, self.shared_memory = num_memories, top_k, shared_memory
     self.memory_op, self.form, self.mode, self.chunk_size = memory_op, form, mode, chunk_size
     self.state_shape = (count, num_heads, key_dim, value_dim)
+
+  def flops(self, batch: int, seq_len: int) -> int:
+    """Projections, router and convs, plus the op over the tokens each form runs: M T per head
+    for the masked form (every memory over every token), P T for the gathered one (module doc of
+    ops/mixture_of_memories.py)."""
+    count, heads, key_dim, value_dim = self.state_shape
+    slots = self.top_k + int(self.shared_memory)
+    length, heads = ((seq_len, count * heads) if self.form == "masked" else
+                     (slots * seq_len, heads))
+    op = OP_FLOPS[MEMORY_OPS[self.memory_op][0]]
+    return projection_flops(self, batch * seq_len) + op(
+        batch, length, heads, key_dim, value_dim, mode=self.mode, chunk_size=self.chunk_size)
 
   def _slots(self, weights, indices):
     """The memories each token reads, `[B, T, P]`, and their weights: the routed top-k, then the
