@@ -82,6 +82,8 @@ def test_sigterm_saves_exits_0_and_resumes_exactly(env, reference, tmp_path):
 
 
 def test_first_sigint_requests_a_stop_second_interrupts():
+  # Python's own SIGINT handler, as in a plain `memzoo-train` (test runners may install another).
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
   previous = signal.getsignal(signal.SIGINT)
   with StopRequests() as stop:
     assert not stop.stop_requested(0)
@@ -92,3 +94,4 @@ def test_first_sigint_requests_a_stop_second_interrupts():
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(1)
   assert signal.getsignal(signal.SIGINT) is previous
+  signal.signal(signal.SIGINT, outer)
