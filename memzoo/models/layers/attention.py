@@ -30,7 +30,9 @@ class Attention(Mixer):
     head_dim: per-head width; None means d_model // H.
     rope_theta: RoPE base.
     window: sliding-window size (None: full causal attention).
-    impl: "naive", "blockwise", or "auto" (naive while the sequence fits in one key block).
+    impl: "naive", "blockwise", or "auto" (naive while the score matrix is no larger than one
+      block pair, `q_len * kv_len <= block_q * block_k`: training up to 512 tokens, and every
+      decode step, whose single query would otherwise be padded to a whole query block).
     block_q, block_k: blockwise block sizes.
     load_balance: zigzag reordering for causal ring attention.
 
@@ -63,13 +65,13 @@ class Attention(Mixer):
     k = apply_rope(self.k_proj(x), positions, self.rope_theta)
     return q, k, self.v_proj(x)
 
-  def _impl(self, kv_len: int) -> str:
+  def _impl(self, q_len: int, kv_len: int) -> str:
     if self.impl == "auto":
-      return "naive" if kv_len <= self.block_k else "blockwise"
+      return "naive" if q_len * kv_len <= self.block_q * self.block_k else "blockwise"
     return self.impl
 
   def _attend(self, q, k, v, **kwargs):
-    return attention(q, k, v, window=self.window, impl=self._impl(k.shape[1]),
+    return attention(q, k, v, window=self.window, impl=self._impl(q.shape[1], k.shape[1]),
                      block_q=self.block_q, block_k=self.block_k, **kwargs)
 
   def flops(self, batch: int, seq_len: int) -> int:
@@ -77,8 +79,8 @@ class Attention(Mixer):
     same block pairs, spread over the sequence shards)."""
     heads = self.q_proj.out_shape[0]
     core = attention_flops(batch, seq_len, seq_len, heads, self.head_dim, self.head_dim,
-                           impl=self._impl(seq_len), window=self.window, block_q=self.block_q,
-                           block_k=self.block_k)
+                           impl=self._impl(seq_len, seq_len), window=self.window,
+                           block_q=self.block_q, block_k=self.block_k)
     return projection_flops(self, batch * seq_len) + core
 
   def __call__(self, x, *, segment_ids=None):
