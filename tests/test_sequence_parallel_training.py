@@ -12,7 +12,7 @@ TRAIN_SCRIPT = """
 import json, sys, tempfile
 import jax
 sys.path.insert(0, "tests")
-from helpers import tiny_config
+from helpers import tiny_config, train_steps
 from memzoo.train import trainer
 
 results = {}
@@ -23,11 +23,7 @@ for name, mesh in {"sequence1": dict(data=8), "sequence4": dict(data=2, sequence
   config.train.update(batch_size=8, steps=3, eval_every=100, checkpoint_every=100)
   config.mesh.update(mesh)
   run = trainer.setup(config, tempfile.mkdtemp())
-  state, losses = run.state, []
-  with run.context():
-    for _ in range(3):
-      state, metrics = run.train_step(state, run.to_global(next(run.data)))
-      losses.append(float(metrics["loss"]))
+  state, losses = train_steps(run, run.state, 3)
   run.checkpoints.close()
   params = jax.tree.leaves(jax.device_get(state.params))
   results[name] = {"losses": losses, "params": [p.tolist() for p in params]}

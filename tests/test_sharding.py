@@ -10,7 +10,7 @@ LOSSES_SCRIPT = """
 import json, sys, tempfile
 import jax
 sys.path.insert(0, "tests")
-from helpers import tiny_config
+from helpers import tiny_config, train_steps
 from memzoo.train import trainer
 
 results = {}
@@ -19,13 +19,8 @@ for name, mesh in MESHES.items():
   config.train.update(batch_size=8, steps=5, eval_every=100, checkpoint_every=100)
   config.mesh.update(mesh)
   run = trainer.setup(config, tempfile.mkdtemp())
-  state, losses = run.state, []
-  with run.context():
-    for _ in range(5):
-      state, metrics = run.train_step(state, run.to_global(next(run.data)))
-      losses.append(float(metrics["loss"]))
+  _, results[name] = train_steps(run, run.state, 5)
   run.checkpoints.close()
-  results[name] = losses
 print(json.dumps(results))
 """
 
