@@ -24,6 +24,7 @@ from memzoo.experiments.report import find_runs
 from memzoo.train import config as config_lib
 from memzoo.train.sample import load_run
 from memzoo.train.step import make_eval_step
+from memzoo.train.trainer import mean_token_stats
 
 
 def evaluate_at(config, model, seq_len: int, examples: int, batch: int) -> dict:
@@ -35,13 +36,7 @@ def evaluate_at(config, model, seq_len: int, examples: int, batch: int) -> dict:
   eval_step = jax.jit(make_eval_step(graphdef))
   eval_set = pipeline.eval_dataset(task, "val", global_batch=batch,
                                    num_batches=max(examples // batch, 1), seed=config.seed + 1)
-  totals = None
-  for local in eval_set:
-    stats = eval_step(params, local)
-    totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
-  totals = jax.device_get(totals)
-  count = max(float(totals["count"]), 1.0)
-  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count}
+  return mean_token_stats(eval_step, params, eval_set)
 
 
 def run_label(root: Path, run: Path, config) -> str:

@@ -170,9 +170,14 @@ def record_run(workdir: Path, config, task, start: int) -> None:
 
 def evaluate(run: Run, params) -> dict:
   """Mean loss and accuracy over the fixed eval set."""
+  return mean_token_stats(run.eval_step, params, run.eval_set, run.to_global)
+
+
+def mean_token_stats(eval_step, params, batches, to_global=lambda batch: batch) -> dict:
+  """Mean loss and accuracy of `eval_step` (see step.make_eval_step) summed over `batches`."""
   totals = None
-  for batch in run.eval_set:
-    stats = run.eval_step(params, run.to_global(batch))
+  for batch in batches:
+    stats = eval_step(params, to_global(batch))
     totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
   totals = jax.device_get(totals)
   count = max(float(totals["count"]), 1.0)
