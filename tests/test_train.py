@@ -3,6 +3,7 @@
 import json
 
 import jax
+import pytest
 import numpy as np
 from helpers import tiny_config, train_steps
 
@@ -59,3 +60,17 @@ def test_memory_values_get_their_own_learning_rate():
   pkm = updates["stack"]["blocks"][1]["ffn"]
   assert float(jax.numpy.abs(pkm["values"]).max()) == 0.0  # lr multiplier 0: frozen
   assert float(jax.numpy.abs(updates["embed"]).max()) > 0.0
+
+
+@pytest.mark.parametrize("knobs", [{}, dict(remat="full")], ids=["plain", "remat"])
+def test_evals_log_memory_usage_per_table(tmp_path, knobs):
+  config = tiny_config(memory_layers=(0, 1), engram_layers=(0,), **knobs)
+  config.model.pkm.update(n_keys=4, topk=2, heads=1, k_dim=8)
+  config.model.engram.update(ngram_heads=2, ngram_dim=8)
+  trainer.train(config, tmp_path)
+  val = [m for m in read_metrics(tmp_path) if m["split"] == "val"][-1]
+  usage = {k: v for k, v in val.items() if k.startswith("memory/")}
+  pkm = sorted(k for k in usage if k.endswith("/key_entropy"))
+  assert len(pkm) == 2, usage  # one product-key table per memory layer; engram has no sub-keys
+  assert len([k for k in usage if k.endswith("/fraction_read")]) == 3, usage
+  assert all(0 < v <= 1 for v in usage.values()), usage

@@ -45,8 +45,11 @@ def state_shardings(abstract_params: nnx.State, tx: optax.GradientTransformation
                         nnx.to_pure_dict(abstract_params))
   abstract_opt = jax.eval_shape(tx.init, shapes)
   replicated = sharding.replicated(mesh)
-  opt_sharding = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sharding,
-                                       transform_non_params=lambda _: replicated)
+  # Masked leaves (weight-decay masks, multi_transform groups) hold no array: kept as they are.
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  opt_sharding = optax.tree_map_params(tx, lambda p, s: p if masked(p) else s, abstract_opt,
+                                       param_sharding, transform_non_params=lambda _: replicated,
+                                       is_leaf=masked)
   return TrainState(step=replicated, params=param_sharding, opt_state=opt_sharding,
                     bad_steps=replicated, skipped_steps=replicated)
 

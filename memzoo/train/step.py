@@ -6,6 +6,7 @@ import optax
 from flax import nnx
 
 from memzoo.data.tasks import IGNORE
+from memzoo.models.ops.memory_usage import find_reads, table_counts
 from memzoo.train.state import TrainState
 
 
@@ -106,10 +107,15 @@ def _where(keep_new, new, old):
 
 
 def make_eval_step(graphdef: nnx.GraphDef):
-  """`eval_step(params, batch) -> token_stats sums` (summed over batches by the caller)."""
+  """`eval_step(params, batch) -> sums` to add up over batches: `token_stats`, and under
+  "slot_reads" how often each row of each memory table was read (`{path: [num_slots] int32}`, from
+  what the layers sow; see memzoo/models/ops/memory_usage.py)."""
 
   def eval_step(params, batch):
-    logits, _ = forward(graphdef, params, batch)
-    return token_stats(logits, batch["targets"])
+    model = nnx.merge(graphdef, params)
+    (logits, _), sown = nnx.capture(model.logits_and_aux_loss, nnx.Intermediate)(
+        batch["inputs"], segment_ids=batch.get("segment_ids"))
+    reads = {name: table_counts(r) for name, r in find_reads(sown).items()}
+    return {**token_stats(logits, batch["targets"]), "slot_reads": reads}
 
   return eval_step

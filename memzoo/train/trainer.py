@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from memzoo.data import pipeline, tasks
 from memzoo.errors import ConfigError, TrainingDiverged, UserError
+from memzoo.models.ops.memory_usage import table_usage
 from memzoo.train import config as config_lib
 from memzoo.train import distributed, mfu, report_setup, rundir, sharding, validate
 from memzoo.train import state as state_lib
@@ -169,19 +170,25 @@ def record_run(workdir: Path, config, task, start: int) -> None:
 
 
 def evaluate(run: Run, params) -> dict:
-  """Mean loss and accuracy over the fixed eval set."""
+  """Mean loss and accuracy over the fixed eval set, and how its batches used each memory table."""
   return mean_token_stats(run.eval_step, params, run.eval_set, run.to_global)
 
 
 def mean_token_stats(eval_step, params, batches, to_global=lambda batch: batch) -> dict:
-  """Mean loss and accuracy of `eval_step` (see step.make_eval_step) summed over `batches`."""
+  """Mean loss and accuracy of `eval_step` (see step.make_eval_step) summed over `batches`, and
+  per memory table `memory/<path>/<stat>` of `memory_usage.usage_stats` over all of them."""
   totals = None
   for batch in batches:
     stats = eval_step(params, to_global(batch))
     totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
   totals = jax.device_get(totals)
   count = max(float(totals["count"]), 1.0)
-  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count}
+  result = {"loss": float(totals["loss_sum"]) / count,
+            "accuracy": float(totals["correct"]) / count}
+  for table, counts in totals["slot_reads"].items():
+    for stat, value in table_usage(counts).items():
+      result[f"memory/{table}/{stat}"] = float(value)
+  return result
 
 
 def train(config, workdir, overwrite: bool = False) -> dict:

@@ -5,8 +5,8 @@ The trainer collects them without knowing the layers:
 
   logits, inter = nnx.capture(model, nnx.Intermediate)(tokens)
   for name, reads in find_reads(inter).items():
-    counts[name] += slot_counts(reads)          # accumulate over the last N steps
-  stats = usage_stats(counts[name], reads.n_keys)
+    counts[name] += table_counts(reads)         # accumulate over N batches
+  stats = table_usage(counts[name])
 
 A table that is barely read (a low `fraction_read`) or read very unevenly (a low entropy) wastes
 parameters; Lample et al. (2019, sec. 4.4) report both as "memory usage" and "KL to uniform".
@@ -66,6 +66,18 @@ def usage_stats(counts: jnp.ndarray, n_keys: int | None = None) -> dict[str, jnp
     grid = counts.reshape(n_keys, n_keys)
     stats["key_entropy"] = 0.5 * (normalized_entropy(grid.sum(1)) + normalized_entropy(grid.sum(0)))
   return stats
+
+
+def table_counts(reads: SlotReads) -> jnp.ndarray:
+  """`slot_counts` shaped `[n_keys, n_keys]` for product keys (row i, column j: slot
+  `i * n_keys + j`), else `[num_slots]`: the shape carries `n_keys` through jit and sums."""
+  counts = slot_counts(reads)
+  return counts if reads.n_keys is None else counts.reshape(reads.n_keys, reads.n_keys)
+
+
+def table_usage(counts: jnp.ndarray) -> dict[str, jnp.ndarray]:
+  """`usage_stats` of accumulated `table_counts`."""
+  return usage_stats(counts.reshape(-1), counts.shape[0] if counts.ndim == 2 else None)
 
 
 def memory_usage(reads: SlotReads) -> dict[str, jnp.ndarray]:
