@@ -47,9 +47,9 @@ class DecodeBench:
   """Decode steps of one mixer after a prefilled context, as `memzoo.train.sample.generate` runs
   them (a jitted `lax.scan` of `step`).
 
-  `time(contexts)` prefills each context's random tokens (state sized for `context + steps`
-  tokens), then times the scan of `steps` steps after each. The scan is one jitted function for all contexts: it compiles
-  again only when the state's shape changes (attention's KV cache grows with `max_len`;
+  `time(contexts)` prefills each context's random tokens (state sized for `context + steps` tokens),
+  then times the scan of `steps` steps after each. The scan is one jitted function for all contexts:
+  it compiles again only when the state's shape changes (attention's KV cache grows with `max_len`;
   recurrent states do not), and `compiles` counts how often it did.
   """
 
