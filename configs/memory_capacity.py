@@ -21,10 +21,11 @@ Weight decay is off: it would trade memorised facts against parameter norm.
 Budget: the 9 runs, 2 at a time on this 2-core CPU, in ~30 minutes. Measured with
 `--config.train.steps=60`, one run at a time while other jobs loaded the machine (load ~3), on
 steps 40-60: dense 39K, pkm 14K, peer 12.4K tokens/s, i.e. 0.079, 0.217 and 0.248 s per step of
-64 x 48 tokens, 0.54 s for the three models at one N, 1.63 s over all nine runs. 1800 steps:
-2,940 run-seconds, plus ~25 s start and compile per run and 3 evals of the fact set (6N tokens
-forward each, < 20 s in all) = ~3,200 run-seconds over 2 slots: ~27 minutes, ~30 with the
-uneven tail of 9 runs over 2 slots. Each fact is seen 1800 * 64 * 8 / N times: 900, 225 and 56:
+64 x 48 tokens, 0.54 s for the three models at one N, 1.63 s over all nine runs; start, compile
+and checkpoints took ~50 s per run with 2 running at once (`run.sh capacity --smoke`). 1500
+steps: 2,450 run-seconds + 9 x 50 s + 3 evals of the fact set per run (6N tokens forward each,
+~20 s in all, estimated) = ~2,900 run-seconds over 2 slots: ~24 minutes, ~28 with the uneven
+tail (the slowest runs go first). Each fact is seen 1500 * 64 * 8 / N times: 750, 188 and 47:
 the largest set is far from memorised even by a model that could hold it; raise `train.steps`
 where compute allows.
 
@@ -38,11 +39,11 @@ from memzoo.data.synthetic.facts import FACT_LEN
 from memzoo.experiments import equal_flops, hyper
 from memzoo.train.config import base_config
 
-MODELS = ("swiglu", "pkm", "peer")  # the middle block's feed-forward
+MODELS = ("peer", "pkm", "swiglu")  # the middle block's feed-forward; slowest first
 NUM_FACTS = (2 ** 10, 2 ** 12, 2 ** 14)
 SEQ_LEN = 48
 BATCH = 64
-STEPS = 1800
+STEPS = 1500
 EVALS = 3
 
 
