@@ -66,6 +66,16 @@ for i, (name, t, kv_heads, ring_kw, kw) in enumerate(cases):
     got = ring(q, k, v, ct)
   assert_close(got, want, name)
 
+# On a mesh with explicit axes (jax.make_mesh's default) the inputs arrive sharded over it.
+explicit = jax.make_mesh((8,), ("sequence",), axis_types=(jax.sharding.AxisType.Explicit,))
+q, k, v, ct = inputs(7, 1, 64, 2, 2, 8)
+want = value_and_grads(lambda *a: attention(*a, causal=True), q, k, v, ct)
+with jax.set_mesh(explicit):
+  sharded = [jax.device_put(a, P(None, "sequence")) for a in (q, k, v, ct)]
+  got = jax.jit(lambda q, k, v, ct: value_and_grads(
+      lambda *a: ring_self_attention(*a, causal=True, block_q=4, block_k=4), q, k, v, ct))(*sharded)
+assert_close(got, want, "explicit mesh, no segment ids")
+
 # The in-shard zigzag reordering equals the global one, and its inverse restores the input.
 x = jnp.arange(2 * 32 * 3).reshape(2, 32, 3)
 reorder = jax.shard_map(lambda a: (zigzag_shard(a, "sequence"),

@@ -115,8 +115,7 @@ def run_decode(a, log) -> dict:
     bench = mixer_bench.DecodeBench(name, {}, batch=a.batch, steps=a.decode_steps,
                                     d_model=a.d_model, num_heads=a.num_heads, dtype=a.dtype)
     us[name] = {}
-    for context in a.contexts:
-      t = bench.time(context, repeats=a.repeats)
+    for context, t in bench.time(a.contexts, repeats=a.repeats).items():
       us[name][context] = 1e6 * t.wall
       log(f"decode  {name:18s} context={context:6d} {1e6 * t.wall:10.2f} us/step "
           f"(cpu {1e6 * t.cpu:10.2f})")

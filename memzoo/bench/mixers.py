@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from memzoo.bench.timing import Timing, time_call
+from memzoo.bench.timing import Timing, time_call, time_interleaved
 from memzoo.models.layers import registry
 
 
@@ -47,9 +47,9 @@ class DecodeBench:
   """Decode steps of one mixer after a prefilled context, as `memzoo.train.sample.generate` runs
   them (a jitted `lax.scan` of `step`).
 
-  `time(context)` prefills `context` random tokens (state sized for `context + steps` tokens), then
-  times the scan of `steps` steps. The scan is one jitted function for all contexts: it compiles
-  again only when the state's shape changes (attention's KV cache grows with `max_len`;
+  `time(contexts)` prefills each context's random tokens (state sized for `context + steps` tokens),
+  then times the scan of `steps` steps after each. The scan is one jitted function for all contexts:
+  it compiles again only when the state's shape changes (attention's KV cache grows with `max_len`;
   recurrent states do not), and `compiles` counts how often it did.
   """
 
@@ -72,12 +72,17 @@ class DecodeBench:
 
     return jax.lax.scan(body, state, xs)
 
-  def time(self, context: int, *, repeats: int) -> Timing:
-    """Timing of one decode step (the scan's time over `steps`) after `context` tokens."""
-    rng = np.random.default_rng(context)
-    prompt = jnp.asarray(rng.standard_normal((self.batch, context, self.d_model)), self.dtype)
-    state = self.layer.init_state(self.batch, context + self.steps)
-    _, state = self.prefill(self.params, prompt, state)
-    xs = jnp.asarray(rng.standard_normal((self.steps, self.batch, self.d_model)), self.dtype)
-    timing = time_call(self.decode, self.params, xs, state, repeats=repeats)
-    return Timing(timing.wall / self.steps, timing.cpu / self.steps, timing.repeats)
+  def time(self, contexts: list[int], *, repeats: int) -> dict[int, Timing]:
+    """`{context: Timing of one decode step}` (the scan's time over `steps`), the contexts timed
+    in interleaved rounds (see `timing.time_interleaved`)."""
+    args = {}
+    for context in contexts:
+      rng = np.random.default_rng(context)
+      prompt = jnp.asarray(rng.standard_normal((self.batch, context, self.d_model)), self.dtype)
+      state = self.layer.init_state(self.batch, context + self.steps)
+      _, state = self.prefill(self.params, prompt, state)
+      xs = jnp.asarray(rng.standard_normal((self.steps, self.batch, self.d_model)), self.dtype)
+      args[context] = (self.params, xs, state)
+    timings = time_interleaved(self.decode, args, repeats=repeats)
+    return {c: Timing(t.wall / self.steps, t.cpu / self.steps, t.repeats)
+            for c, t in timings.items()}

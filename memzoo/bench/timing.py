@@ -36,12 +36,25 @@ class Timing(NamedTuple):
 def time_call(fn: Callable, *args, repeats: int, warmup: int = 2) -> Timing:
   """Median wall and CPU seconds of `fn(*args)` over `repeats` calls, after `warmup` calls (the
   first compiles)."""
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  walls, cpus = [], []
+  return time_interleaved(fn, {None: args}, repeats=repeats, warmup=warmup)[None]
+
+
+def time_interleaved(fn: Callable, args: dict, *, repeats: int, warmup: int = 2) -> dict:
+  """`{key: Timing of fn(*args[key])}`, timed in `repeats` rounds of one call per key.
+
+  Interleaving the keys (e.g. context lengths) spreads a drift of the machine's speed over all of
+  them, instead of biasing the ones timed last: their ratios are what a benchmark reads.
+  """
+  for key_args in args.values():
+    for _ in range(warmup):
+      jax.block_until_ready(fn(*key_args))
+  walls = {key: [] for key in args}
+  cpus = {key: [] for key in args}
   for _ in range(repeats):
-    wall, cpu = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn(*args))
-    walls.append(time.perf_counter() - wall)
-    cpus.append(time.process_time() - cpu)
-  return Timing(statistics.median(walls), statistics.median(cpus), repeats)
+    for key, key_args in args.items():
+      wall, cpu = time.perf_counter(), time.process_time()
+      jax.block_until_ready(fn(*key_args))
+      walls[key].append(time.perf_counter() - wall)
+      cpus[key].append(time.process_time() - cpu)
+  return {key: Timing(statistics.median(walls[key]), statistics.median(cpus[key]), repeats)
+          for key in args}

@@ -40,7 +40,8 @@ def build_task(data_cfg: Mapping[str, Any]):
   _load_builtin_tasks()
   name = data_cfg.get("task", "text")
   if name not in TASKS:
-    raise ConfigError("config.data.task", f"unknown task {name!r}", f"choose one of {sorted(TASKS)}")
+    raise ConfigError("config.data.task", f"unknown task {name!r}",
+                      f"choose one of {sorted(TASKS)}")
   cls = TASKS[name]
   accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
   options = {k: v for k, v in data_cfg.items() if k != "task"}
@@ -78,7 +79,8 @@ class TextTask:
     for split, toks in self.splits.items():
       if len(toks) <= seq_len + 1:
         raise ConfigError("config.data.seq_len",
-                          f"{seq_len} leaves no full window in the {split} split ({len(toks)} tokens)",
+                          f"{seq_len} leaves no full window in the {split} split "
+                          f"({len(toks)} tokens)",
                           "use a shorter seq_len or a longer corpus")
     self.seq_len = seq_len
     self.vocab_size = self.tokenizer.vocab_size

@@ -65,4 +65,5 @@ def from_json(data: str):
 
 def check_kind(kind: str) -> None:
   if kind not in ("char", "byte"):
-    raise ConfigError("config.data.tokenizer", f"unknown tokenizer {kind!r}", "use 'char' or 'byte'")
+    raise ConfigError("config.data.tokenizer", f"unknown tokenizer {kind!r}",
+                      "use 'char' or 'byte'")

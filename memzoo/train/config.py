@@ -2,7 +2,8 @@
 
 `base_config()` holds every field with its default, so a config file only states what its
 experiment changes, and every field (including each layer's options under `config.model.<layer>`)
-can be overridden on the command line: `memzoo-train --config configs/x.py --config.model.d_model=256`.
+can be overridden on the command line:
+`memzoo-train --config configs/x.py --config.model.d_model=256`.
 """
 
 import inspect
@@ -43,7 +44,8 @@ MODEL_FIELDS = dict(
 
 
 def _placeholder_for(annotation):
-  """A None default of an annotated parameter becomes a typed placeholder (overridable on the CLI)."""
+  """A None default of an annotated parameter becomes a typed placeholder (overridable on the
+  CLI)."""
   args = [a for a in typing.get_args(annotation) if a is not type(None)]
   kind = typing.get_origin(args[0]) or args[0] if args else object
   return config_dict.placeholder(kind if kind in (int, float, str, bool, tuple) else object)

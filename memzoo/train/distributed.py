@@ -1,4 +1,5 @@
-"""Multi-host start-up: `jax.distributed.initialize` from `config.distributed` or the environment."""
+"""Multi-host start-up: `jax.distributed.initialize` from `config.distributed` or the
+environment."""
 
 import os
 

@@ -21,7 +21,8 @@ def load_run(workdir) -> tuple:
   """`(config, tokenizer, model)` with the parameters of the latest checkpoint in `workdir`."""
   workdir = Path(workdir)
   if not (workdir / "config.json").is_file():
-    raise UserError(f"--workdir: {str(workdir)!r} holds no config.json; point it at a run directory")
+    raise UserError(f"--workdir: {str(workdir)!r} holds no config.json; point it at a run "
+                    "directory")
   config = config_lib.from_json((workdir / "config.json").read_text())
   tokenizer_file = workdir / "tokenizer.json"
   tokenizer = tokenizers.from_json(tokenizer_file.read_text()) if tokenizer_file.is_file() else None

@@ -32,7 +32,8 @@ def abstract_model(model_cfg, seed: int) -> tuple[nnx.GraphDef, nnx.State]:
                                      nnx.Param, ...)
   if jax.tree.leaves(rest):
     raise TypeError(f"the model holds non-Param variables {list(nnx.to_flat_state(rest))}; "
-                    "layers must keep everything trainable in nnx.Param and compute buffers on the fly")
+                    "layers must keep everything trainable in nnx.Param and compute buffers on "
+                    "the fly")
   return graphdef, params
 
 

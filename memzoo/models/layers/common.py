@@ -1,4 +1,4 @@
-"""Building blocks shared by every layer: annotated parameters, dense maps, norms, SwiGLU, short conv.
+"""Building blocks shared by every layer: annotated parameters, dense maps, norms, SwiGLU, conv.
 
 Every parameter carries *logical* axis names (`out_sharding` metadata, never applied eagerly), so a
 layer can be built with or without a device mesh; `memzoo.train` maps the names onto mesh axes.
@@ -143,7 +143,8 @@ class SwiGLU(nnx.Module):
 
 
 class ShortConv(nnx.Module):
-  """Depthwise causal conv over `[B, T, *feature_shape]` with a decode state of the last K-1 inputs."""
+  """Depthwise causal conv over `[B, T, *feature_shape]` with a decode state of the last K-1
+  inputs."""
 
   def __init__(self, feature_shape: Shape, *, kernel_size: int = 4, axes: Axes,
                param_dtype=jnp.float32, rngs: nnx.Rngs):

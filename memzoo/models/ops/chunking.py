@@ -1,10 +1,10 @@
-"""The chunkwise machinery shared by every recurrent op (linear attention, delta rule, neural memory).
+"""The chunkwise machinery shared by the recurrent ops (linear attention, delta rule, memory).
 
-A chunked op splits time into chunks of C tokens, does the work inside a chunk in parallel (matmuls),
-and carries a state from chunk to chunk with `lax.scan`. This module owns the parts that do not depend
-on the recurrence: padding T up to a multiple of C, moving the chunk axis to the front, the scan, and
-cutting the padding off again. Padded tokens are flagged by `valid` so that each op can make them
-neutral (they must not change the state).
+A chunked op splits time into chunks of C tokens, does the work inside a chunk in parallel
+(matmuls), and carries a state from chunk to chunk with `lax.scan`. This module owns the parts that
+do not depend on the recurrence: padding T up to a multiple of C, moving the chunk axis to the
+front, the scan, and cutting the padding off again. Padded tokens are flagged by `valid` so that
+each op can make them neutral (they must not change the state).
 """
 
 from typing import Any, Callable

@@ -14,7 +14,8 @@ def causal_conv1d(x: jnp.ndarray, weight: jnp.ndarray, *, segment_ids: jnp.ndarr
     initial_state: optional `[B, K-1, C]`, the K-1 inputs that precede `x` (zeros if None).
 
   Returns:
-    `(y [B, T, C], final_state [B, K-1, C])`; the state is what `initial_state` is for the next call.
+    `(y [B, T, C], final_state [B, K-1, C])`; the state is what `initial_state` is for the next
+    call.
   """
   width = weight.shape[0]
   batch, length, channels = x.shape

@@ -9,8 +9,8 @@ over one shard
 where o^0 and S_d are the shard's outputs and final state from a zero initial state, T_d is the
 shard's transition (the product of its A_t) and r_t = scale P_t^T q_t reads S_in at token t (P_t:
 the transition from the shard start to t). Each device computes (o^0, r, S_d, T_d) in one run of the
-local chunk form; one all-gather of the (S_d, T_d) pairs (N of them, whatever T is); each device then
-folds the pairs in order, S_in(0) = initial state, S_in(d+1) = T_d S_in(d) + S_d, and adds
+local chunk form; one all-gather of the (S_d, T_d) pairs (N of them, whatever T is); each device
+then folds the pairs in order, S_in(0) = initial state, S_in(d+1) = T_d S_in(d) + S_d, and adds
 r_t^T S_in(d) to its outputs. This is LASP-2 (Sun et al. 2025, arXiv 2502.07563, sec. 3) with
 decays: recurrentgemma's `multi_shard_correction` does the same for a diagonal recurrence.
 

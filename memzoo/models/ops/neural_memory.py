@@ -48,8 +48,8 @@ class MemoryState(NamedTuple):
   """Decode / streaming state. Weight tuples hold one `[B, H, I, O]` array per memory layer.
 
   weights: `M_t`.  momentum: `S_t`.  anchor: the weights at the start of the current chunk, where
-  the chunk's gradients are taken.  offset: tokens of the current chunk already seen (int32 scalar; the
-  Python int 0 marks a state known to sit on a chunk boundary and selects the fast path).
+  the chunk's gradients are taken.  offset: tokens of the current chunk already seen (int32 scalar;
+  the Python int 0 marks a state known to sit on a chunk boundary and selects the fast path).
   window_keys `[B, H, c-1, Din]`, window_values `[B, H, c-1, Dout]`, window_weights `[B, H, c-1]`:
   the last c-1 tokens of the Omega window (weight 0 marks an empty slot; c = 1 gives empty arrays).
   """

@@ -47,8 +47,8 @@ def place_for_shard_map(x, mesh, axis_name: str, dim: int | None):
   """Lays `x` out as a `shard_map` over `axis_name` expects: that axis on dimension `dim` (None:
   replicated over it), other axes untouched. Only needed on meshes with explicit sharding, where
   `shard_map` checks the input's sharding instead of resharding it."""
-  if mesh.axis_types[mesh.axis_names.index(axis_name)] != AxisType.Explicit:
-    return x
+  if x is None or mesh.axis_types[mesh.axis_names.index(axis_name)] != AxisType.Explicit:
+    return x  # None: an absent optional input
   spec = list(jax.typeof(x).sharding.spec) + [None] * x.ndim
   spec = [_drop_axis(s, axis_name) for s in spec[:x.ndim]]
   if dim is not None:
