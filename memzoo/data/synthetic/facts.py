@@ -7,9 +7,9 @@ sub-vocabulary K and value sub-vocabulary V, the token ids are
   0 PAD | 1 SEP | 2 EOS | keys [3, 3 + K) | values [3 + K, 3 + K + V) = vocab_size
 
 * the fact set (a function of `seed` alone): N distinct 2-token keys, drawn without replacement
-  from the K^2 key pairs as flat indices (`Generator.choice` samples N of K^2 in O(N) memory unless
-  N > K^2 / 50, so a large key space is never materialised), each with a 2-token value drawn
-  uniformly (values may repeat across facts): `2 N log2(V)` bits in all;
+  from the K^2 key pairs as flat indices (`Generator.choice` samples with Floyd's algorithm in O(N)
+  memory when N is a small fraction of K^2, so a large key space is never materialised), each
+  with a 2-token value drawn uniformly (values may repeat across facts): `2 N log2(V)` bits;
 * an example packs F = seq_len // 6 facts, `k1 k2 SEP v1 v2 EOS` each, then PAD to seq_len:
 
     inputs   k1 k2 SEP v1 v2 EOS  k1' k2' SEP v1' v2' EOS ... PAD
