@@ -21,38 +21,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memzoo.experiments import equal_flops
 from memzoo.models.layers import registry
 
 warnings.filterwarnings("ignore", "Using 'Module.sow", DeprecationWarning)
 
 
-def pkm_flops(d, heads, k_dim, n_keys, topk, v_dim):
-  """Forward FLOPs per token: query, sub-key scores, read, gate and output projections."""
-  return (2 * d * heads * k_dim + 2 * heads * n_keys * k_dim + 2 * heads * topk * v_dim
-          + 4 * d * v_dim)
-
-
-def peer_flops(d, heads, k_dim, n_keys, topk):
-  """Forward FLOPs per token: query, sub-key scores, and heads * topk single-neuron experts."""
-  return 2 * d * heads * k_dim + 2 * heads * n_keys * k_dim + 4 * heads * topk * d
-
-
-def swiglu_width(flops, d, multiple=64):
-  """The SwiGLU hidden width whose forward FLOPs per token (6 d h) are closest to `flops`."""
-  return max(multiple, round(flops / (6 * d) / multiple) * multiple)
-
-
 def build_layers(args):
-  """`{name: (layer, analytic forward FLOPs per token)}` for the requested layers."""
+  """`{name: (layer, forward FLOPs per token)}` for the requested layers; the SwiGLU's width
+  matches the pkm's FLOPs."""
   d, dtype = args.d_model, jnp.dtype(args.dtype)
   memory = dict(n_keys=args.n_keys, heads=args.heads, topk=args.topk, k_dim=args.k_dim)
-  flops = {"pkm": pkm_flops(d, args.heads, args.k_dim, args.n_keys, args.topk, d),
-           "peer": peer_flops(d, args.heads, args.k_dim, args.n_keys, args.topk)}
-  hidden = swiglu_width(flops["pkm"], d)
-  flops["swiglu"] = 6 * d * hidden
-  cfg = {"d_model": d, "dtype": dtype, "mlp_dim": hidden, "pkm": memory, "peer": memory}
-  return {name: (registry.build("ffn", name, cfg, rngs=nnx.Rngs(0)), flops[name])
-          for name in args.layers}
+  cfg = {"d_model": d, "dtype": dtype, "pkm": memory, "peer": memory}
+  cfg["mlp_dim"] = equal_flops.swiglu_width(equal_flops.ffn_flops_per_token(cfg, "pkm"), d)
+  layers = {name: registry.build("ffn", name, cfg, rngs=nnx.Rngs(0)) for name in args.layers}
+  return {name: (layer, layer.flops(1, 1)) for name, layer in layers.items()}
 
 
 def measure(fn, inputs, iters, warmup):
