@@ -22,7 +22,7 @@ Budget: the 9 runs, 2 at a time on this 2-core CPU, in ~30 minutes. Measured wit
 `--config.train.steps=60`, one run at a time while other jobs loaded the machine (load ~3), on
 steps 40-60: dense 39K, pkm 14K, peer 12.4K tokens/s, i.e. 0.079, 0.217 and 0.248 s per step of
 64 x 48 tokens, 0.54 s for the three models at one N, 1.63 s over all nine runs; start, compile
-and checkpoints took ~50 s per run with 2 running at once (`run.sh capacity --smoke`). 1500
+and checkpoints took ~50 s per run with 2 running at once (`run_study.sh memory_capacity --smoke`). 1500
 steps: 2,450 run-seconds + 9 x 50 s + 3 evals of the fact set per run (6N tokens forward each,
 ~20 s in all, estimated) = ~2,900 run-seconds over 2 slots: ~24 minutes, ~28 with the uneven
 tail (the slowest runs go first). Each fact is seen 1500 * 64 * 8 / N times: 750, 188 and 47:
@@ -30,7 +30,7 @@ the largest set is far from memorised even by a model that could hold it; raise 
 where compute allows.
 
   memzoo-sweep configs/memory_capacity.py --workdir runs/memory_capacity --parallel 2
-  experiments/memory_layers/run.sh capacity          # the sweep, its report, copied here
+  experiments/run_study.sh memory_capacity          # the sweep, its report, copied here
 """
 
 import ml_collections

@@ -11,7 +11,7 @@ blocks, d_model 128, context 64, batch 12, 2000 steps). Block 2's feed-forward i
     by tests/test_memory_study_configs.py through memzoo/experiments/equal_flops.py).
 
   memzoo-train --config configs/shakespeare_pkm.py --workdir runs/shakespeare_pkm   # the pkm model
-  experiments/memory_layers/run.sh shakespeare       # both models, their report, copied here
+  experiments/run_study.sh memory_shakespeare       # both models, their report, copied here
 """
 
 from pathlib import Path
