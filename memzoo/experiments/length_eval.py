@@ -21,6 +21,7 @@ from memzoo.data import pipeline, tasks
 from memzoo.errors import UserError
 from memzoo.experiments import cli
 from memzoo.experiments.report import find_runs
+from memzoo.models.backbone import has_memory_tables
 from memzoo.train import config as config_lib
 from memzoo.train.sample import load_run
 from memzoo.train.step import make_eval_step
@@ -33,7 +34,7 @@ def evaluate_at(config, model, seq_len: int, examples: int, batch: int) -> dict:
   config.data.seq_len = seq_len
   task = tasks.build_task(config_lib.data_options(config))
   graphdef, params = nnx.split(model)
-  eval_step = jax.jit(make_eval_step(graphdef))
+  eval_step = jax.jit(make_eval_step(graphdef, collect_reads=has_memory_tables(config.model)))
   eval_set = pipeline.eval_dataset(task, "val", global_batch=batch,
                                    num_batches=max(examples // batch, 1), seed=config.seed + 1)
   return mean_token_stats(eval_step, params, eval_set)

@@ -76,6 +76,13 @@ def layer_specs(model_cfg: Mapping[str, Any]) -> list[LayerSpec]:
           for i, mixer in enumerate(layer_mixers(model_cfg))]
 
 
+def has_memory_tables(model_cfg: Mapping[str, Any]) -> bool:
+  """Whether some block reads a memory table (pkm / peer feed-forward or Engram) and so sows
+  its `memory_reads` for the eval's usage statistics."""
+  return any(spec.ffn in ("pkm", "peer") or spec.engram_index is not None
+             for spec in layer_specs(model_cfg))
+
+
 class Block(nnx.Module):
   """Pre-norm residual block: an optional Engram memory, a sequence mixer, a feed-forward layer.
 

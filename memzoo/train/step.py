@@ -106,15 +106,20 @@ def _where(keep_new, new, old):
   return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
 
 
-def make_eval_step(graphdef: nnx.GraphDef):
+def make_eval_step(graphdef: nnx.GraphDef, *, collect_reads: bool = True):
   """`eval_step(params, batch) -> sums` to add up over batches: `token_stats`, and under
   "slot_reads" how often each row of each memory table was read (`{path: [num_slots] int32}`, from
-  what the layers sow; see memzoo/models/ops/memory_usage.py)."""
+  what the layers sow; see memzoo/models/ops/memory_usage.py). `collect_reads=False` skips the
+  latter, for models without memory tables (`nnx.capture` fails under `nnx.scan`, and under
+  `nnx.remat` of modules holding an `nnx.List`; memory layers are never scanned)."""
 
   def eval_step(params, batch):
     model = nnx.merge(graphdef, params)
-    (logits, _), sown = nnx.capture(model.logits_and_aux_loss, nnx.Intermediate)(
-        batch["inputs"], segment_ids=batch.get("segment_ids"))
+    run = model.logits_and_aux_loss
+    if collect_reads:
+      run = nnx.capture(run, nnx.Intermediate)
+    out = run(batch["inputs"], segment_ids=batch.get("segment_ids"))
+    (logits, _), sown = out if collect_reads else (out, {})
     reads = {name: table_counts(r) for name, r in find_reads(sown).items()}
     return {**token_stats(logits, batch["targets"]), "slot_reads": reads}
 

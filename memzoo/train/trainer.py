@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from memzoo.data import pipeline, tasks
 from memzoo.errors import ConfigError, TrainingDiverged, UserError
 from memzoo.models.ops.memory_usage import table_usage
+from memzoo.models.backbone import has_memory_tables
 from memzoo.train import config as config_lib
 from memzoo.train import distributed, mfu, report_setup, rundir, sharding, validate
 from memzoo.train import state as state_lib
@@ -113,7 +114,8 @@ def setup(config, workdir, overwrite: bool = False) -> Run:
                       debug_nan_steps=tuple(train_cfg.debug_nan_steps)),
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(graphdef), in_shardings=(shardings.params, batch_sharding))
+  eval_step = jax.jit(make_eval_step(graphdef, collect_reads=has_memory_tables(config.model)),
+                      in_shardings=(shardings.params, batch_sharding))
   target = state_lib.abstract_state(config.model, config.seed, tx, shardings)
   batch = abstract_batch(task, train_cfg, batch_sharding)
   # Trace (which catches layer errors as config errors), then compile ahead of time and report
