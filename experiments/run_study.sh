@@ -22,7 +22,7 @@ case "$STUDY" in
     REPORT=(--state_size --x state_size --y val/accuracy --group model.mixers
             --facet data.seq_len,data.num_kv_pairs --logx) ;;
   mom)
-    CONFIG=configs/mqar_mom.py DEST=experiments/mom SMOKE_RUNS='.'
+    CONFIG=configs/mqar_mom.py DEST=experiments/mom PREFIX=mqar_ SMOKE_RUNS='.'
     REPORT=(--state_size --x state_size --y val/accuracy --group model.mixers --logx) ;;
   memory_capacity)
     CONFIG=configs/memory_capacity.py DEST=experiments/memory_layers PREFIX=capacity_
