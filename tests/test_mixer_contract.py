@@ -96,8 +96,10 @@ def test_feed_forward_layers_keep_shape_and_name_their_axes(name):
 # width, gradient weights and gate products ~6.5% of LMM's, ~6% of MAC's).
 FLOPS_D, FLOPS_T = 256, 64
 FLOPS_RTOL = {"lmm": 0.08, "mac": 0.08}  # 0.05 for the others
-# MAC runs segments of memory chunks: one segment of one chunk keeps to one loop iteration.
-ONE_ITERATION = {"mac": dict(segment_len=FLOPS_T, memory=dict(chunk_size=FLOPS_T))}
+# MAC runs segments of memory chunks: one segment of one chunk keeps to one loop iteration. MoM's
+# gathered form runs its memories over P T = 3 T sorted tokens (top-2 + the shared memory).
+ONE_ITERATION = {"mac": dict(segment_len=FLOPS_T, memory=dict(chunk_size=FLOPS_T)),
+                 "mom": dict(chunk_size=3 * FLOPS_T)}
 
 
 @pytest.mark.parametrize("kind,name", [("mixer", n) for n in MIXERS] +
