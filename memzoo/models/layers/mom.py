@@ -62,7 +62,8 @@ class MixtureOfMemories(Mixer):
   "masked" for forward + backward at T 512-8K on a 2-core CPU (experiments/mom/README.md; not
   measured on an accelerator, where the masked form's dense work may win). `prefill` and `step`
   always use the masked form, which carries the M states. No capacity limit: dropping tokens
-  past a memory's capacity would make a token's output depend on how many tokens of its row (other documents included) came before it.
+  past a memory's capacity would make a token's output depend on how many tokens of its row
+  (other documents included) came before it.
 
   Args:
     d_model, num_heads: model width and H.
