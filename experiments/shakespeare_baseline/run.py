@@ -1,10 +1,13 @@
-"""The default run (configs/shakespeare_char.py, nanoGPT's CPU settings) timed end to end.
+"""The default run (configs/shakespeare_char.py, nanoGPT's CPU settings) timed end to end, side by
+side with nanoGPT's run re-implemented in torch (nanogpt_peer.py).
 
-  python experiments/shakespeare_baseline/run.py [--repeats 3]
+  python experiments/shakespeare_baseline/run.py --repeats 3 --torch_python /work/peers-venv/bin/python
 
-Runs `python -m memzoo.train` in a fresh run directory (so compile time is included, as a user
-would see it), reads metrics.jsonl, then scores the final checkpoint on 200 validation batches for
-a lower-variance number than the run's own 20-batch evals. Writes results.md next to this file.
+Each repeat runs `python -m memzoo.train` in a fresh run directory (so compile time is included,
+as a user would see it), then the peer (when `--torch_python` names an interpreter with torch),
+alternating so both see the same machine. The final memzoo checkpoint is scored on 200 validation
+batches for a lower-variance number than the run's own 20-batch evals. Writes results.md next to
+this file.
 """
 
 import argparse
@@ -20,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
-NANOGPT = {"val_loss": 1.886, "wall_s": 208.0}  # measured on this 2-core machine (issue 2)
+NANOGPT_ISSUE = {"val_loss": 1.886, "wall_s": 208.0}  # issue 2's measurement on its machine
 
 
 def train_once(workdir: Path) -> dict:
@@ -32,7 +35,28 @@ def train_once(workdir: Path) -> dict:
     sys.exit(proc.stderr)
   events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   val = {e["step"]: e["loss"] for e in events if e["split"] == "val"}
-  return {"wall_s": wall, "val": val}
+  elapsed = {e["step"]: e["elapsed_s"] for e in events if e["split"] == "val"}
+  return {"wall_s": wall, "val": val, "elapsed_s": elapsed}
+
+
+def peer_once(torch_python: str) -> dict:
+  t0 = time.perf_counter()
+  proc = subprocess.run([torch_python, str(HERE / "nanogpt_peer.py")], capture_output=True,
+                        text=True)
+  wall = time.perf_counter() - t0
+  if proc.returncode:
+    sys.exit(proc.stderr)
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  return {"wall_s": wall, "val": {int(k): v for k, v in result["val"].items()},
+          "torch": result["torch"]}
+
+
+def time_to_loss(run: dict, target: float) -> float | None:
+  """Seconds from launch until the first eval at or below `target`: the eval's time since the
+  first step plus the run's start-up, counted as everything of the wall time outside the steps."""
+  overhead = run["wall_s"] - run["elapsed_s"][max(run["elapsed_s"])]
+  hits = [step for step, loss in sorted(run["val"].items()) if loss <= target]
+  return run["elapsed_s"][hits[0]] + overhead if hits else None
 
 
 def long_eval(workdir: Path, batches: int = 200) -> float:
@@ -58,28 +82,46 @@ with run.context():
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--torch_python", help="interpreter with torch, for nanogpt_peer.py")
   args = parser.parse_args()
-  runs = []
+  runs, peers = [], []
   for _ in range(args.repeats):
     workdir = Path(tempfile.mkdtemp()) / "run"
     result = train_once(workdir)
     result["val_200"] = long_eval(workdir)
     runs.append(result)
-  walls = [r["wall_s"] for r in runs]
-  final = [r["val"][2000] for r in runs]
+    if args.torch_python:
+      peers.append(peer_once(args.torch_python))
+  wall = statistics.median(r["wall_s"] for r in runs)
   lines = [
       f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
       f"Python {platform.python_version()}. Command: `python {' '.join(sys.argv)}`.", "",
       "| run | wall time (s), incl. start-up and compile | val loss @2000 (20 batches) | "
       "val loss @2000 (200 batches) |", "|---|---|---|---|",
-      *[f"| {i + 1} | {r['wall_s']:.1f} | {r['val'][2000]:.4f} | {r['val_200']:.4f} |"
+      *[f"| memzoo {i + 1} | {r['wall_s']:.1f} | {r['val'][2000]:.4f} | {r['val_200']:.4f} |"
         for i, r in enumerate(runs)],
-      f"| median | {statistics.median(walls):.1f} | {statistics.median(final):.4f} | "
-      f"{statistics.median(r['val_200'] for r in runs):.4f} |",
-      f"| nanoGPT (issue 2, same machine) | {NANOGPT['wall_s']:.0f} | {NANOGPT['val_loss']} | |",
-      "", f"Wall-time ratio memzoo / nanoGPT: {statistics.median(walls) / NANOGPT['wall_s']:.2f}.",
-      "", "Validation curve of run 1 (20-batch evals): " +
-      ", ".join(f"{s}: {v:.3f}" for s, v in sorted(runs[0]["val"].items()))]
+      f"| memzoo median | {wall:.1f} | {statistics.median(r['val'][2000] for r in runs):.4f} | "
+      f"{statistics.median(r['val_200'] for r in runs):.4f} |"]
+  if peers:
+    peer_wall = statistics.median(p["wall_s"] for p in peers)
+    peer_loss = statistics.median(p["val"][2000] for p in peers)
+    reach = [time_to_loss(r, peer_loss) for r in runs]
+    lines += [
+        *[f"| nanoGPT peer {i + 1} (torch {p['torch']}) | {p['wall_s']:.1f} | "
+          f"{p['val'][2000]:.4f} | |" for i, p in enumerate(peers)],
+        f"| nanoGPT peer median | {peer_wall:.1f} | {peer_loss:.4f} | |", "",
+        f"Wall-time ratio memzoo / nanoGPT peer (2000 steps each): {wall / peer_wall:.2f}.",
+        f"Time for memzoo to reach the peer's final val loss {peer_loss:.4f}: "
+        + ", ".join("not reached" if t is None else f"{t:.1f} s" for t in reach)
+        + (f" (median {statistics.median(reach) / peer_wall:.2f}x the peer's wall time)."
+           if None not in reach else "."),
+        "", "Validation curve of peer run 1 (20-batch evals): " +
+        ", ".join(f"{s}: {v:.3f}" for s, v in sorted(peers[0]["val"].items()))]
+  else:
+    lines += [f"| nanoGPT (issue 2, its machine) | {NANOGPT_ISSUE['wall_s']:.0f} | "
+              f"{NANOGPT_ISSUE['val_loss']} | |", ""]
+  lines += ["", "Validation curve of memzoo run 1 (20-batch evals): " +
+            ", ".join(f"{s}: {v:.3f}" for s, v in sorted(runs[0]["val"].items()))]
   (HERE / "results.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
