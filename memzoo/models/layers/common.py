@@ -22,6 +22,7 @@ from flax import nnx
 
 from memzoo.models.ops.conv import causal_conv1d
 from memzoo.models.ops.linear_sequence_parallel import sequence_sharded_conv1d
+from memzoo.models.ops.memory_usage import SlotReads
 from memzoo.models.ops.sequence_parallel import sequence_parallel_size
 
 Axes = tuple[str | None, ...]
@@ -99,6 +100,15 @@ class Dense(nnx.Module):
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y
+
+
+def sow_reads(module: nnx.Module, reads: SlotReads) -> None:
+  """Sows the rows a memory table read (`memory_reads`, see ops/memory_usage.py) when the model
+  runs under `nnx.capture(..., nnx.Intermediate)`, as the evals do; elsewhere (the train step)
+  nothing is recorded. flax 0.12 marks a capture with `__captures__` on every module and
+  deprecates `sow` outside one."""
+  if hasattr(module, "__captures__"):
+    module.sow(nnx.Intermediate, "memory_reads", reads)
 
 
 def rms_norm(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:

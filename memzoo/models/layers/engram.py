@@ -20,7 +20,7 @@ from flax import nnx
 
 from memzoo.models.layers.base import FlopCounted
 from memzoo.models.layers.common import (MEMORY_VALUES, Dense, RMSNorm, ShortConv, param,
-                                         projection_flops)
+                                         projection_flops, sow_reads)
 from memzoo.models.layers.registry import register_input_branch
 from memzoo.models.ops.memory_usage import SlotReads
 from memzoo.models.ops.ngram_hash import (PAD_TOKEN, hash_multipliers, ngram_hash, primes_from,
@@ -88,7 +88,7 @@ class Engram(FlopCounted, nnx.Module):
 
   def _forward(self, x, tokens, *, history, conv_state, segment_ids):
     rows, history = self.rows(tokens, history=history, segment_ids=segment_ids)
-    self.sow(nnx.Intermediate, "memory_reads", SlotReads(rows, self.num_rows))
+    sow_reads(self, SlotReads(rows, self.num_rows))
     e = jnp.take(self.table[...], rows, axis=0, mode="clip")  # [B, T, orders*heads, head_dim]
     e = e.reshape(*rows.shape[:2], -1)
     k, h = self.key_norm(self.key(e)), self.hidden_norm(x)

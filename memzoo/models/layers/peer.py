@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.layers.base import FeedForward
-from memzoo.models.layers.common import MEMORY_VALUES, param
+from memzoo.models.layers.common import MEMORY_VALUES, param, sow_reads
 from memzoo.models.layers.product_keys import ProductKeyRouter
 from memzoo.models.layers.registry import register_ffn
 from memzoo.models.ops.memory_usage import SlotReads
@@ -47,8 +47,7 @@ class PEER(FeedForward):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """`x [..., d] -> [..., d]`."""
     weights, slots = self.router(x)  # [..., H, k]
-    self.sow(nnx.Intermediate, "memory_reads",
-             SlotReads(slots, self.router.num_slots, self.router.n_keys))
+    sow_reads(self, SlotReads(slots, self.router.num_slots, self.router.n_keys))
     flat = lambda a: a.reshape(*a.shape[:-2], -1)  # one bag of H*k experts per token
     slots, weights = flat(slots), flat(weights)
     hidden = jax.nn.gelu(gathered_dot(self.down[...], slots, x))  # [..., H*k] neuron activations

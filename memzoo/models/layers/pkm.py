@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.layers.base import FeedForward
-from memzoo.models.layers.common import MEMORY_VALUES, Dense, param
+from memzoo.models.layers.common import MEMORY_VALUES, Dense, param, sow_reads
 from memzoo.models.layers.product_keys import ProductKeyRouter
 from memzoo.models.layers.registry import register_ffn
 from memzoo.models.ops.memory_usage import SlotReads
@@ -68,8 +68,7 @@ class ProductKeyMemory(FeedForward):
                        "memory_share_values=True (the table then lives with its owner)")
     table = (self.values if values is None else values)[...]
     weights, slots = self.router(x)  # [..., H, k]
-    self.sow(nnx.Intermediate, "memory_reads",
-             SlotReads(slots, self.router.num_slots, self.router.n_keys))
+    sow_reads(self, SlotReads(slots, self.router.num_slots, self.router.n_keys))
     flat = lambda a: a.reshape(*a.shape[:-2], -1)  # heads' reads are summed: one bag of H*k rows
     dtype = self.out.dtype or x.dtype
     read = weighted_gather(table, flat(slots), flat(weights)).astype(dtype)

@@ -1,7 +1,8 @@
 """Usage statistics of sparse memory tables, for logging.
 
-Memory layers sow the rows they read, `self.sow(nnx.Intermediate, "memory_reads", SlotReads(...))`.
-The trainer collects them without knowing the layers:
+Memory layers sow the rows they read, `sow_reads(self, SlotReads(...))` (layers/common.py: an
+`nnx.Intermediate` named "memory_reads", under `nnx.capture` only). The trainer collects them
+without knowing the layers:
 
   logits, inter = nnx.capture(model, nnx.Intermediate)(tokens)
   for name, reads in find_reads(inter).items():
