@@ -12,8 +12,10 @@ from memzoo.models.layers.linear_mixer import short_convs
 from memzoo.models.layers.registry import register_mixer
 from memzoo.models.ops.delta_rule import delta_rule, delta_rule_flops
 from memzoo.models.ops.linear_attention import linear_attention, linear_attention_flops
+from memzoo.models.ops.linear_sequence_parallel import sequence_sharded_recurrence
 from memzoo.models.ops.mixture_of_memories import FORMS, mixture_of_memories
 from memzoo.models.ops.routing import load_balancing_loss, top_k_route
+from memzoo.models.ops.sequence_parallel import sequence_parallel_size
 
 # memory_op -> (op, has a writing strength beta, has a decay)
 MEMORY_OPS = {
@@ -53,6 +55,14 @@ class MixtureOfMemories(Mixer):
   routed token's key still carries its neighbours (MQAR's key-value pairs stay adjacent) and the
   masked form stays exact; a memory's *state* only ever sees its routed tokens. (fla's MomAttention
   convolves the dispatched subsequences instead.)
+
+  Sequence parallelism: under a mesh whose "sequence" axis is > 1, `__call__` and `prefill` run
+  the masked form with `sequence_sharded_recurrence` (ops/linear_sequence_parallel.py): the M
+  memories on the head axis are one linear-attention or delta-rule recurrence, so each shard runs
+  its tokens from a zero state, one all-gather passes every memory's shard state and transition,
+  and each shard folds in the states of the shards before it. The routing, projections and short
+  convs are per token (the convs take a halo). The gathered form, which sorts a row's tokens by
+  memory, is not sharded.
 
   Forms (`ops/mixture_of_memories.py`): "masked" runs all M = num_memories (+1 shared) memories
   over every token, a memory's state passing unchanged where the token is not routed to it;
@@ -164,8 +174,12 @@ class MixtureOfMemories(Mixer):
       dt = jax.nn.softplus(self.decay_proj(x).astype(jnp.float32) + self.dt_bias[...])
       features["log_decay"] = -jnp.exp(self.A_log[...]) * dt
     memories, slot_weights = self._slots(weights, indices)
+    op = MEMORY_OPS[self.memory_op][0]
+    if x.shape[1] > 1 and sequence_parallel_size() > 1:
+      # The masked form is one linear-family recurrence over M H heads: LASP-2 across the shards.
+      op, form = sequence_sharded_recurrence, "masked"
     o, memory_state = mixture_of_memories(
-        MEMORY_OPS[self.memory_op][0], l2_norm(q), l2_norm(k), v, **features, memories=memories,
+        op, l2_norm(q), l2_norm(k), v, **features, memories=memories,
         weights=slot_weights, initial_state=None if state is None else state["memories"],
         segment_ids=segment_ids, form=form, mode=mode, chunk_size=self.chunk_size)
     y = self.out_norm(o)
