@@ -14,6 +14,7 @@ import optax
 import pytest
 from flax import nnx
 from hypothesis import example, given, settings, strategies as st
+from helpers import sequence_mesh_check
 from test_knobs import to_scanned
 from test_linear_ops import assert_close, naive_recurrence
 
@@ -414,34 +415,6 @@ def test_trains_inside_language_model():
 
 def test_sequence_axis_matches_one_device(on_devices):
   """Under a mesh with a "sequence" axis the layer runs the masked form sequence-parallel (LASP-2
-  over the M memories' heads): outputs and gradients equal one device's gathered form, with
-  packed documents and a length no shard count divides into whole chunks."""
-  on_devices("""
-import jax, jax.numpy as jnp, numpy as np
-from flax import nnx
-from memzoo.models.layers import registry
-from memzoo.train.config import base_config
-
-cfg = base_config().model
-cfg.update(d_model=32, num_heads=2, vocab_size=11)
-cfg.mom.update(chunk_size=3)  # shards of 6 tokens: two chunks each
-layer = registry.build("mixer", "mom", cfg, rngs=nnx.Rngs(0))
-graphdef, params = nnx.split(layer)
-x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 24, 32)), jnp.float32)
-segment_ids = jnp.asarray(np.repeat([[0] * 9 + [1] * 15], 2, 0), jnp.int32)
-cotangent = jnp.asarray(np.random.default_rng(1).normal(size=x.shape), jnp.float32)
-
-@jax.jit
-def loss_and_grads(params, x):
-  def loss(params, x):
-    return jnp.sum(nnx.merge(graphdef, params)(x, segment_ids=segment_ids) * cotangent)
-  return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
-
-want = loss_and_grads(params, x)
-mesh = jax.make_mesh((2, 4), ("data", "sequence"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-with jax.set_mesh(mesh):
-  got = loss_and_grads(params, x)
-  assert "all_gather" in str(jax.make_jaxpr(loss_and_grads)(params, x))  # the LASP-2 form ran
-for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-  np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-5)
-""")
+  over the M memories' heads): loss and gradients equal one device's gathered form, with packed
+  documents and shards of two chunks (chunk 3, 6 tokens per shard)."""
+  on_devices(sequence_mesh_check("mom", dict(chunk_size=3), sharded_op=True))

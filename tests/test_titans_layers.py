@@ -9,6 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
+from helpers import sequence_mesh_check
+
 from memzoo.errors import ConfigError
 from memzoo.models.backbone import LanguageModel
 from memzoo.models.layers import registry
@@ -106,3 +108,9 @@ def test_bad_options_raise():
   cfg.lmm.residual_memory = True  # with poly_degree=2 the keys are wider than the values
   with pytest.raises(ValueError, match="residual_memory"):
     registry.build("mixer", "lmm", cfg, rngs=nnx.Rngs(0))
+
+
+def test_memory_under_a_sequence_mesh_matches_one_device(on_devices):
+  """The Titans memory has no sequence-parallel form (models README): under a sequence mesh it
+  runs unchanged (XLA gathers the time axis) and gives one device's loss and gradients."""
+  on_devices(sequence_mesh_check("lmm", dict(chunk_size=4), sharded_op=False))
