@@ -1,7 +1,7 @@
 """The default run (configs/shakespeare_char.py, nanoGPT's CPU settings) timed end to end, side by
 side with nanoGPT's run re-implemented in torch (nanogpt_peer.py).
 
-  python experiments/shakespeare_baseline/run.py --repeats 3 \
+  python experiments/shakespeare_baseline/run.py --repeats 3 \\
       --torch_python /work/peers-venv/bin/python
 
 Each repeat runs `python -m memzoo.train` in a fresh run directory (so compile time is included,
