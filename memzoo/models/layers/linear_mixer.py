@@ -35,6 +35,12 @@ def short_convs(convs, arrays, *, segment_ids, tails):
   return tuple(jax.nn.silu(a) for a, _ in outs), tuple(tail for _, tail in outs)
 
 
+def recurrence_op(op, length: int):
+  """`op` (`linear_attention` or `delta_rule`), or `sequence_sharded_recurrence`, its LASP-2 form
+  with the same arguments, when the current mesh shards time and there is more than one token."""
+  return sequence_sharded_recurrence if length > 1 and sequence_parallel_size() > 1 else op
+
+
 class LinearMixer(Mixer):
   """Base class; subclasses set `op` (with its FLOP count `op_flops` and whether their decay is a
   vector over Dk, `vector_gate`) and implement `features`.
@@ -93,8 +99,7 @@ class LinearMixer(Mixer):
       positions = segment_positions(segment_ids, b, t)
     else:
       positions = jnp.broadcast_to(state["pos"] + jnp.arange(t, dtype=jnp.int32), (b, t))
-    # Under a mesh that shards time (and for more than one token) the op runs sequence-parallel.
-    op = sequence_sharded_recurrence if t > 1 and sequence_parallel_size() > 1 else self.op
+    op = recurrence_op(self.op, t)
     o, recurrent = op(**self.features(x, q, k, v, positions),
                       initial_state=None if state is None else state["recurrent"],
                       segment_ids=segment_ids, mode=mode, chunk_size=self.chunk_size)

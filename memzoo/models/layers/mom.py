@@ -8,14 +8,13 @@ from memzoo.errors import ConfigError
 from memzoo.models.layers.base import Mixer
 from memzoo.models.layers.common import Dense, RMSNorm, ShortConv, l2_norm, param, projection_flops
 from memzoo.models.layers.deltanet import a_log_init, dt_bias_init
-from memzoo.models.layers.linear_mixer import short_convs
+from memzoo.models.layers.linear_mixer import recurrence_op, short_convs
 from memzoo.models.layers.registry import register_mixer
 from memzoo.models.ops.delta_rule import delta_rule, delta_rule_flops
 from memzoo.models.ops.linear_attention import linear_attention, linear_attention_flops
 from memzoo.models.ops.linear_sequence_parallel import sequence_sharded_recurrence
 from memzoo.models.ops.mixture_of_memories import FORMS, mixture_of_memories
 from memzoo.models.ops.routing import load_balancing_loss, top_k_route
-from memzoo.models.ops.sequence_parallel import sequence_parallel_size
 
 # memory_op -> (op, has a writing strength beta, has a decay)
 MEMORY_OPS = {
@@ -174,10 +173,9 @@ class MixtureOfMemories(Mixer):
       dt = jax.nn.softplus(self.decay_proj(x).astype(jnp.float32) + self.dt_bias[...])
       features["log_decay"] = -jnp.exp(self.A_log[...]) * dt
     memories, slot_weights = self._slots(weights, indices)
-    op = MEMORY_OPS[self.memory_op][0]
-    if x.shape[1] > 1 and sequence_parallel_size() > 1:
-      # The masked form is one linear-family recurrence over M H heads: LASP-2 across the shards.
-      op, form = sequence_sharded_recurrence, "masked"
+    op = recurrence_op(MEMORY_OPS[self.memory_op][0], x.shape[1])
+    if op is sequence_sharded_recurrence:
+      form = "masked"  # one recurrence over the M H heads; the gathered form's sort is not sharded
     o, memory_state = mixture_of_memories(
         op, l2_norm(q), l2_norm(k), v, **features, memories=memories,
         weights=slot_weights, initial_state=None if state is None else state["memories"],
