@@ -13,6 +13,9 @@ from memzoo.train.config import base_config
 
 registry.lookup("mixer", "attention")  # registers the built-in layers
 MIXERS = sorted(registry.REGISTRIES["mixer"])
+# Registered mixers with their defaults, plus options that change a mixer's structure.
+VARIANTS = [(name, {}) for name in MIXERS] + [("attention", {"conv_size": 4}),
+                                              ("gla", {"conv_size": 4})]
 D, HEADS, T = 32, 2, 12
 
 
@@ -25,9 +28,15 @@ def build(name, kind="mixer", d_model=D, **options):
   return registry.build(kind, name, model_cfg, rngs=nnx.Rngs(0))
 
 
-@pytest.fixture(scope="module", params=MIXERS)
+def variant_id(variant):
+  name, options = variant
+  return ",".join([name] + [f"{key}={value}" for key, value in options.items()])
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=variant_id)
 def mixer(request):
-  return request.param, build(request.param)
+  name, options = request.param
+  return name, build(name, **options)
 
 
 def inputs(seed=0, length=T):
@@ -102,10 +111,11 @@ ONE_ITERATION = {"mac": dict(segment_len=FLOPS_T, memory=dict(chunk_size=FLOPS_T
                  "mom": dict(chunk_size=3 * FLOPS_T)}
 
 
-@pytest.mark.parametrize("kind,name", [("mixer", n) for n in MIXERS] +
-                         [("ffn", n) for n in sorted(registry.REGISTRIES["ffn"])])
-def test_flops_agree_with_xla(kind, name):
-  options = ONE_ITERATION.get(name, {})
+@pytest.mark.parametrize("kind,name,options",
+                         [("mixer", n, o) for n, o in VARIANTS] +
+                         [("ffn", n, {}) for n in sorted(registry.REGISTRIES["ffn"])])
+def test_flops_agree_with_xla(kind, name, options):
+  options = {**ONE_ITERATION.get(name, {}), **options}
   layer = nnx.eval_shape(lambda: build(name, kind, d_model=FLOPS_D, **options))  # shapes only
   graphdef, params = nnx.split(layer)
   x = jax.ShapeDtypeStruct((2, FLOPS_T, FLOPS_D), jnp.float32)

@@ -1,4 +1,5 @@
-"""Multi-head softmax attention with RoPE and GQA: the baseline mixer."""
+"""Multi-head softmax attention with RoPE and GQA (optionally behind a short conv): the baseline
+mixer."""
 
 import functools
 
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.layers.base import Mixer
-from memzoo.models.layers.common import Dense, projection_flops
+from memzoo.models.layers.common import Dense, ShortConv, projection_flops, short_convs
 from memzoo.models.layers.registry import register_mixer
 from memzoo.models.ops.attention import attention, attention_flops
 from memzoo.models.ops.ring_attention import (ring_self_attention, sharded_cache_attention,
@@ -35,6 +36,10 @@ class Attention(Mixer):
       decode step, whose single query would otherwise be padded to a whole query block).
     block_q, block_k: blockwise block sizes.
     load_balance: zigzag reordering for causal ring attention.
+    conv_size: kernel of a short causal conv (then SiLU) on q, k and v before RoPE, as the linear
+      mixers have; None (the default) for plain attention. It hands each position its few
+      predecessors, the "previous token" half of an induction head (Olsson et al. 2022), which
+      attention otherwise learns slowly (experiments/mqar_state_size). Decode keeps its K-1 tails.
 
   Sequence parallelism: when the current mesh (`jax.set_mesh`) has a "sequence" axis of size > 1,
   training calls run ring attention over it (ops/ring_attention.py) and decode calls keep the KV
@@ -44,7 +49,8 @@ class Attention(Mixer):
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int | None = None,
                head_dim: int | None = None, *, rope_theta: float = 10000.0,
                window: int | None = None, impl: str = "auto", block_q: int = 512,
-               block_k: int = 512, load_balance: bool = True, dtype=None,
+               block_k: int = 512, load_balance: bool = True, conv_size: int | None = None,
+               dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     num_kv_heads = num_kv_heads or num_heads
     head_dim = head_dim or d_model // num_heads
@@ -59,11 +65,21 @@ class Attention(Mixer):
     self.rope_theta, self.window = rope_theta, window
     self.impl, self.block_q, self.block_k = impl, block_q, block_k
     self.load_balance = load_balance
+    conv = lambda heads, axis: ShortConv((heads, head_dim), kernel_size=conv_size,
+                                         axes=(axis, "head_dim"), param_dtype=param_dtype,
+                                         rngs=rngs)
+    self.convs = nnx.List([conv(num_heads, "heads"), conv(num_kv_heads, "kv_heads"),
+                           conv(num_kv_heads, "kv_heads")]) if conv_size else None
 
-  def _qkv(self, x, positions):
-    q = apply_rope(self.q_proj(x), positions, self.rope_theta)
-    k = apply_rope(self.k_proj(x), positions, self.rope_theta)
-    return q, k, self.v_proj(x)
+  def _qkv(self, x, positions, segment_ids=None, conv_tails=None):
+    """`(q, k, v, conv tails)`; the tails are None without a conv."""
+    q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    if self.convs is not None:
+      (q, k, v), conv_tails = short_convs(self.convs, (q, k, v), segment_ids=segment_ids,
+                                          tails=conv_tails)
+    q = apply_rope(q, positions, self.rope_theta)
+    k = apply_rope(k, positions, self.rope_theta)
+    return q, k, v, conv_tails
 
   def _impl(self, q_len: int, kv_len: int) -> str:
     if self.impl == "auto":
@@ -85,7 +101,7 @@ class Attention(Mixer):
 
   def __call__(self, x, *, segment_ids=None):
     b, t, _ = x.shape
-    q, k, v = self._qkv(x, segment_positions(segment_ids, b, t))
+    q, k, v, _ = self._qkv(x, segment_positions(segment_ids, b, t), segment_ids)
     if sequence_parallel_size() > 1:
       y = ring_self_attention(q, k, v, segment_ids=segment_ids, window=self.window,
                               load_balance=self.load_balance, block_q=self.block_q,
@@ -97,14 +113,17 @@ class Attention(Mixer):
   def init_state(self, batch_size: int, max_len: int):
     shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
     dtype = self.k_proj.dtype or self.k_proj.kernel[...].dtype
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "pos": jnp.zeros((), jnp.int32)}
+    state = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+             "pos": jnp.zeros((), jnp.int32)}
+    if self.convs is not None:
+      state["conv"] = tuple(conv.init_state(batch_size) for conv in self.convs)
+    return state
 
   def prefill(self, x, state):
     b, t, _ = x.shape
     pos = state["pos"]
     positions = jnp.broadcast_to(pos + jnp.arange(t, dtype=jnp.int32), (b, t))
-    q, k, v = self._qkv(x, positions)
+    q, k, v, conv_tails = self._qkv(x, positions, conv_tails=state.get("conv"))
     sharded = sequence_parallel_size() > 1  # the cache lives sharded over the sequence axis
     write = sharded_cache_write if sharded else functools.partial(
         jax.lax.dynamic_update_slice_in_dim, axis=1)
@@ -119,7 +138,10 @@ class Attention(Mixer):
                                   block_q=self.block_q, block_k=self.block_k)
     else:
       y = self._attend(q, k_cache, v_cache, q_positions=positions, kv_positions=kv_positions)
-    return self.o_proj(y), {"k": k_cache, "v": v_cache, "pos": pos + t}
+    new_state = {"k": k_cache, "v": v_cache, "pos": pos + t}
+    if conv_tails is not None:
+      new_state["conv"] = conv_tails
+    return self.o_proj(y), new_state
 
   def step(self, x_t, state):
     y, state = self.prefill(x_t[:, None], state)

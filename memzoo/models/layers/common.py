@@ -186,6 +186,15 @@ class ShortConv(nnx.Module):
     return y.reshape(x.shape), new_state.reshape((b, self.kernel_size - 1) + self.feature_shape)
 
 
+def short_convs(convs, arrays, *, segment_ids, tails):
+  """`SiLU(conv_i(arrays[i]))` for each array and its own short conv, continuing from the decode
+  `tails` (None: a fresh sequence). Returns `(outputs, new tails)`, both tuples."""
+  tails = (None,) * len(arrays) if tails is None else tails
+  outs = [conv(a, segment_ids=segment_ids, state=tail)
+          for conv, a, tail in zip(convs, arrays, tails)]
+  return tuple(jax.nn.silu(a) for a, _ in outs), tuple(tail for _, tail in outs)
+
+
 def projection_flops(module: nnx.Module, tokens: int) -> int:
   """Forward FLOPs of every `Dense` and `ShortConv` inside `module` (itself included), each applied
   once to each of `tokens` tokens; layers add the cost of their other contractions."""

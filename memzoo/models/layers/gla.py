@@ -20,19 +20,20 @@ class GatedLinearAttention(LinearMixer):
     expand_k, expand_v: total q / k and v widths as multiples of d_model (fla: 0.5 and 1).
     gate_low_rank_dim: rank of the gate projection W_2 W_1.
     gate_logit_normalizer: divides the log-sigmoid gate.
-    mode, chunk_size: see LinearMixer.
+    conv_size, mode, chunk_size: see LinearMixer (fla's `use_short_conv`; off by default).
   """
 
   vector_gate = True
 
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 0.5,
                expand_v: float = 1.0, gate_low_rank_dim: int = 16,
-               gate_logit_normalizer: float = 16.0, mode: str = "chunk", chunk_size: int = 64,
-               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               gate_logit_normalizer: float = 16.0, conv_size: int | None = None,
+               mode: str = "chunk", chunk_size: int = 64, dtype=None,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     key_dim = int(d_model * expand_k) // num_heads
     super().__init__(d_model, num_heads, key_dim, int(d_model * expand_v) // num_heads,
-                     output_gate=True, mode=mode, chunk_size=chunk_size, dtype=dtype,
-                     param_dtype=param_dtype, rngs=rngs)
+                     conv_size=conv_size, output_gate=True, mode=mode, chunk_size=chunk_size,
+                     dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.gate_down = Dense(d_model, gate_low_rank_dim, axes=("embed", None), **kw)
     self.gate_up = Dense(gate_low_rank_dim, (num_heads, key_dim), axes=(None, "heads", "head_dim"),

@@ -36,21 +36,21 @@ class LinearAttention(LinearMixer):
       uses 16 with taylor2: the state then has 1 + 16 + 256 rows).
     expand_v: total v width as a multiple of d_model.
     output_gate: swish output gate.
-    mode, chunk_size: see LinearMixer.
+    conv_size, mode, chunk_size: see LinearMixer (off by default).
   """
 
   def __init__(self, d_model: int, num_heads: int, *, feature_map: str = "elu1",
                feature_dim: int | None = None, expand_v: float = 1.0, output_gate: bool = False,
-               mode: str = "chunk", chunk_size: int = 64, dtype=None, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               conv_size: int | None = None, mode: str = "chunk", chunk_size: int = 64,
+               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if feature_map not in FEATURE_MAPS:
       raise ConfigError("config.model.linear_attention.feature_map", f"unknown {feature_map!r}",
                         f"choose one of {sorted(FEATURE_MAPS)}")
     key_dim = feature_dim or d_model // num_heads
     self.feature_map = feature_map
     super().__init__(d_model, num_heads, key_dim, int(d_model * expand_v) // num_heads,
-                     state_key_dim=FEATURE_MAPS[feature_map][1](key_dim), output_gate=output_gate,
-                     mode=mode, chunk_size=chunk_size, dtype=dtype, param_dtype=param_dtype,
+                     state_key_dim=FEATURE_MAPS[feature_map][1](key_dim), conv_size=conv_size,
+                     output_gate=output_gate, mode=mode, chunk_size=chunk_size, dtype=dtype, param_dtype=param_dtype,
                      rngs=rngs)
 
   def features(self, x, q, k, v, positions):

@@ -19,20 +19,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.layers.base import Mixer
-from memzoo.models.layers.common import Dense, RMSNorm, ShortConv, projection_flops
+from memzoo.models.layers.common import Dense, RMSNorm, ShortConv, projection_flops, short_convs
 from memzoo.models.ops.linear_attention import linear_attention, linear_attention_flops
 from memzoo.models.ops.linear_sequence_parallel import sequence_sharded_recurrence
 from memzoo.models.ops.segments import segment_positions
 from memzoo.models.ops.sequence_parallel import sequence_parallel_size
-
-
-def short_convs(convs, arrays, *, segment_ids, tails):
-  """`SiLU(conv_i(arrays[i]))` for each array and its own short conv, continuing from the decode
-  `tails` (None: a fresh sequence). Returns `(outputs, new tails)`, both tuples."""
-  tails = (None,) * len(arrays) if tails is None else tails
-  outs = [conv(a, segment_ids=segment_ids, state=tail)
-          for conv, a, tail in zip(convs, arrays, tails)]
-  return tuple(jax.nn.silu(a) for a, _ in outs), tuple(tail for _, tail in outs)
 
 
 def recurrence_op(op, length: int):

@@ -6,9 +6,10 @@ from flax import nnx
 
 from memzoo.errors import ConfigError
 from memzoo.models.layers.base import Mixer
-from memzoo.models.layers.common import Dense, RMSNorm, ShortConv, l2_norm, param, projection_flops
+from memzoo.models.layers.common import (Dense, RMSNorm, ShortConv, l2_norm, param,
+                                         projection_flops, short_convs)
 from memzoo.models.layers.deltanet import a_log_init, dt_bias_init
-from memzoo.models.layers.linear_mixer import recurrence_op, short_convs
+from memzoo.models.layers.linear_mixer import recurrence_op
 from memzoo.models.layers.registry import register_mixer
 from memzoo.models.ops.delta_rule import delta_rule, delta_rule_flops
 from memzoo.models.ops.linear_attention import linear_attention, linear_attention_flops

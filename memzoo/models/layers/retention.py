@@ -24,15 +24,17 @@ class MultiScaleRetention(LinearMixer):
   Args:
     expand_k, expand_v: total q / k and v widths as multiples of d_model (fla: 1 and 2).
     rope_theta: RoPE base.
-    mode, chunk_size: see LinearMixer.
+    conv_size, mode, chunk_size: see LinearMixer (RetNet has no conv; off by default).
   """
 
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 1.0,
-               expand_v: float = 2.0, rope_theta: float = 10000.0, mode: str = "chunk",
-               chunk_size: int = 64, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               expand_v: float = 2.0, rope_theta: float = 10000.0, conv_size: int | None = None,
+               mode: str = "chunk", chunk_size: int = 64, dtype=None,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(d_model, num_heads, int(d_model * expand_k) // num_heads,
-                     int(d_model * expand_v) // num_heads, output_gate=True, mode=mode,
-                     chunk_size=chunk_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                     int(d_model * expand_v) // num_heads, conv_size=conv_size, output_gate=True,
+                     mode=mode, chunk_size=chunk_size, dtype=dtype, param_dtype=param_dtype,
+                     rngs=rngs)
     self.rope_theta = rope_theta
 
   def features(self, x, q, k, v, positions):
