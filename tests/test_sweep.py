@@ -209,4 +209,6 @@ def test_shipped_sweeps_expand_and_build_their_tasks(tmp_path, config_file, per_
   config = sweep.parse_train_flags(runs[per_mixer - 1].flags).copy_and_resolve_references()
   task = tasks.build_task(config_lib.data_options(config))
   assert task.seq_len == config.data.seq_len == 256 + 256 * (per_mixer == 3)
-  assert config.train.batch_size * config.data.seq_len in (8192, 4096)  # fixed tokens per batch
+  first = sweep.parse_train_flags(runs[0].flags).copy_and_resolve_references()
+  assert first.data.seq_len < config.data.seq_len  # tokens per batch stay fixed across lengths
+  assert first.train.batch_size * first.data.seq_len == config.train.batch_size * config.data.seq_len
