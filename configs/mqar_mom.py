@@ -23,7 +23,7 @@ def get_config():
   config = load_file(str(Path(__file__).with_name("mqar.py")))
   config.data.update(seq_len=64, num_kv_pairs=4)
   config.model.d_model = 64
-  config.model.attention.conv_size = None  # plain attention, as this study ran (mqar.py adds a conv)
+  config.model.attention.conv_size = None  # plain attention, as this study ran (mqar.py adds one)
   config.train.update(steps=3000, batch_size=32, lr=1e-2, weight_decay=0.0, warmup_steps=100,
                       log_every=250, eval_every=250, checkpoint_every=1000)
   return config

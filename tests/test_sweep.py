@@ -211,4 +211,5 @@ def test_shipped_sweeps_expand_and_build_their_tasks(tmp_path, config_file, per_
   assert task.seq_len == config.data.seq_len == 256 + 256 * (per_mixer == 3)
   first = sweep.parse_train_flags(runs[0].flags).copy_and_resolve_references()
   assert first.data.seq_len < config.data.seq_len  # tokens per batch stay fixed across lengths
-  assert first.train.batch_size * first.data.seq_len == config.train.batch_size * config.data.seq_len
+  tokens = lambda c: c.train.batch_size * c.data.seq_len
+  assert tokens(first) == tokens(config)

@@ -50,8 +50,7 @@ class Attention(Mixer):
                head_dim: int | None = None, *, rope_theta: float = 10000.0,
                window: int | None = None, impl: str = "auto", block_q: int = 512,
                block_k: int = 512, load_balance: bool = True, conv_size: int | None = None,
-               dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     num_kv_heads = num_kv_heads or num_heads
     head_dim = head_dim or d_model // num_heads
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -50,8 +50,8 @@ class LinearAttention(LinearMixer):
     self.feature_map = feature_map
     super().__init__(d_model, num_heads, key_dim, int(d_model * expand_v) // num_heads,
                      state_key_dim=FEATURE_MAPS[feature_map][1](key_dim), conv_size=conv_size,
-                     output_gate=output_gate, mode=mode, chunk_size=chunk_size, dtype=dtype, param_dtype=param_dtype,
-                     rngs=rngs)
+                     output_gate=output_gate, mode=mode, chunk_size=chunk_size, dtype=dtype,
+                     param_dtype=param_dtype, rngs=rngs)
 
   def features(self, x, q, k, v, positions):
     phi = FEATURE_MAPS[self.feature_map][0]
