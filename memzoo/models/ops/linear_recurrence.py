@@ -131,7 +131,7 @@ def unit_lower_inverse(strict_lower: jnp.ndarray) -> jnp.ndarray:
   return inverse
 
 
-def _ut_transform(k, v, beta, cum_gate, sees_initial, same_doc):
+def ut_transform(k, v, beta, cum_gate, sees_initial, same_doc):
   """`(W, U')` of the delta-rule chunk form (module doc), both `[N, B, C, H, Dk | Dv]`."""
   dk = k.shape[-1]
   m = decayed_scores(k, k, cum_gate, same_doc, strict=True)  # [N, B, H, C, C]
@@ -163,7 +163,7 @@ def chunk_form(q, k, v, beta, log_decay, starts, state, scale, chunk_size):
   if beta is None:
     w, u_free = None, c["v"]
   else:
-    w, u_free = _ut_transform(c["k"], c["v"], c["beta"], cum_gate, sees_initial, same_doc)
+    w, u_free = ut_transform(c["k"], c["v"], c["beta"], cum_gate, sees_initial, same_doc)
 
   def step(s, chunk, _):
     q_read, k_write, decay, w, u_free = chunk
@@ -240,12 +240,10 @@ def _check(condition: bool, name: str, problem: str, fix: str) -> None:
     raise ValueError(f"{name}: {problem}; {fix}")
 
 
-def run(q, k, v, beta, *, log_decay, scale, initial_state, segment_ids, mode, chunk_size, modes):
-  """Validates the arguments of `linear_attention` / `delta_rule` and runs the chosen form.
+def check_arguments(q, k, v, beta, *, log_decay, initial_state, segment_ids, chunk_size) -> None:
+  """Raises a one-line ValueError naming the argument whose shape or value is wrong.
 
-  `beta` is None for linear attention. Returns `(o [B, T, H, Dv] in q's dtype, state float32)`.
-  """
-  _check(mode in modes, "mode", f"got {mode!r}", f"use one of {', '.join(map(repr, modes))}")
+  Shapes as in `linear_attention` / `delta_rule` (`beta` None for linear attention)."""
   _check(q.ndim == 4, "q", f"shape {q.shape} is not [B, T, H, Dk]", "pass q as [B, T, H, Dk]")
   b, t, h, dk = q.shape
   dv = v.shape[-1]
@@ -266,6 +264,17 @@ def run(q, k, v, beta, *, log_decay, scale, initial_state, segment_ids, mode, ch
   _check(isinstance(chunk_size, int) and chunk_size > 0, "chunk_size", f"got {chunk_size!r}",
          "use a positive int such as 64")
 
+
+def run(q, k, v, beta, *, log_decay, scale, initial_state, segment_ids, mode, chunk_size, modes):
+  """Validates the arguments of `linear_attention` / `delta_rule` and runs the chosen form.
+
+  `beta` is None for linear attention. Returns `(o [B, T, H, Dv] in q's dtype, state float32)`.
+  """
+  _check(mode in modes, "mode", f"got {mode!r}", f"use one of {', '.join(map(repr, modes))}")
+  check_arguments(q, k, v, beta, log_decay=log_decay, initial_state=initial_state,
+                  segment_ids=segment_ids, chunk_size=chunk_size)
+  b, t, h, dk = q.shape
+  dv = v.shape[-1]
   f32 = lambda a: None if a is None else a.astype(jnp.float32)
   scale = dk ** -0.5 if scale is None else scale
   if log_decay is None:
