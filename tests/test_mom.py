@@ -418,3 +418,24 @@ def test_sequence_axis_matches_one_device(on_devices):
   over the M memories' heads): loss and gradients equal one device's gathered form, with packed
   documents and shards of two chunks (chunk 3, 6 tokens per shard)."""
   on_devices(sequence_mesh_check("mom", dict(chunk_size=3), sharded_op=True))
+
+
+def test_flops_count_the_form_that_runs(on_devices):
+  """The gathered form's FLOPs (P T tokens per head) where it runs; under a sequence mesh, where
+  the layer switches to the masked form, the masked count (M T), as a masked layer reports."""
+  on_devices("""
+import jax
+from flax import nnx
+from memzoo.models.layers import registry
+from memzoo.train.config import base_config
+
+cfg = base_config().model
+cfg.update(d_model=32, num_heads=2)
+build = lambda form: (cfg.mom.update(form=form),
+                      registry.build("mixer", "mom", cfg, rngs=nnx.Rngs(0)))[1]
+gathered, masked = build("gathered"), build("masked")
+assert gathered.flops(2, 64) < masked.flops(2, 64)
+mesh = jax.make_mesh((2, 4), ("data", "sequence"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+with jax.set_mesh(mesh):
+  assert gathered.flops(2, 64) == masked.flops(2, 64)
+""")

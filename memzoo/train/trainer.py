@@ -123,7 +123,8 @@ def setup(config, workdir, overwrite: bool = False) -> Run:
   with mesh_context(mesh, rules):
     traced = validate.check_model(config, train_step, (target, batch))
     compiled_step = traced.lower().compile()
-  flops_per_step = nnx.merge(graphdef, abstract_params).train_flops(*batch["inputs"].shape)
+    # Under the mesh: a layer counts the form it runs there (MoM: masked when sequence-parallel).
+    flops_per_step = nnx.merge(graphdef, abstract_params).train_flops(*batch["inputs"].shape)
   peak, peak_source = mfu.job_peak(config.model.dtype)
   if distributed.is_writer():
     print(report_setup.describe(mesh, target, compiled_step), flush=True)

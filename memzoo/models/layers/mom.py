@@ -144,11 +144,17 @@ class MixtureOfMemories(Mixer):
     ops/mixture_of_memories.py)."""
     count, heads, key_dim, value_dim = self.state_shape
     slots = self.top_k + int(self.shared_memory)
-    length, heads = ((seq_len, count * heads) if self.form == "masked" else
+    length, heads = ((seq_len, count * heads) if self._form(seq_len) == "masked" else
                      (slots * seq_len, heads))
     op = OP_FLOPS[MEMORY_OPS[self.memory_op][0]]
     return projection_flops(self, batch * seq_len) + op(
         batch, length, heads, key_dim, value_dim, mode=self.mode, chunk_size=self.chunk_size)
+
+  def _form(self, seq_len: int) -> str:
+    """The form `__call__` runs: the configured one, or the masked one where the mesh shards time
+    (one recurrence over the M H heads; the gathered form's sort is not sharded)."""
+    sharded = recurrence_op(MEMORY_OPS[self.memory_op][0], seq_len) is sequence_sharded_recurrence
+    return "masked" if sharded else self.form
 
   def _slots(self, weights, indices):
     """The memories each token reads, `[B, T, P]`, and their weights: the routed top-k, then the
@@ -174,11 +180,8 @@ class MixtureOfMemories(Mixer):
       dt = jax.nn.softplus(self.decay_proj(x).astype(jnp.float32) + self.dt_bias[...])
       features["log_decay"] = -jnp.exp(self.A_log[...]) * dt
     memories, slot_weights = self._slots(weights, indices)
-    op = recurrence_op(MEMORY_OPS[self.memory_op][0], x.shape[1])
-    if op is sequence_sharded_recurrence:
-      form = "masked"  # one recurrence over the M H heads; the gathered form's sort is not sharded
     o, memory_state = mixture_of_memories(
-        op, l2_norm(q), l2_norm(k), v, **features, memories=memories,
+        recurrence_op(MEMORY_OPS[self.memory_op][0], x.shape[1]), l2_norm(q), l2_norm(k), v, **features, memories=memories,
         weights=slot_weights, initial_state=None if state is None else state["memories"],
         segment_ids=segment_ids, form=form, mode=mode, chunk_size=self.chunk_size)
     y = self.out_norm(o)
@@ -192,8 +195,8 @@ class MixtureOfMemories(Mixer):
 
   def mix_with_aux(self, x, *, segment_ids=None):
     """`(y, Switch load-balancing loss of this call's routing)`."""
-    y, _, (probs, indices) = self._mix(x, segment_ids=segment_ids, state=None, form=self.form,
-                                       mode=self.mode)
+    y, _, (probs, indices) = self._mix(x, segment_ids=segment_ids, state=None,
+                                       form=self._form(x.shape[1]), mode=self.mode)
     return y, load_balancing_loss(probs, indices)
 
   def init_state(self, batch_size: int, max_len: int):
