@@ -6,9 +6,9 @@
 #   experiments/run_study.sh STUDY --smoke          # a few runs x 20 steps: checks it end to end
 #   experiments/run_study.sh STUDY --config.train.steps=5000   # overrides apply to every run
 #
-# STUDY: mqar_state_size | mom | memory_capacity | memory_shakespeare | shakespeare_zoo. Re-running resumes an
-# interrupted sweep (checkpoints stay under runs/, which is not committed). A smoke run copies its
-# results into its own run directory, not into experiments/.
+# STUDY: mqar_state_size | mom | memory_capacity | memory_shakespeare | shakespeare_zoo | titans_mqar.
+# Re-running resumes an interrupted sweep (checkpoints stay under runs/, which is not committed).
+# A smoke run copies its results into its own run directory, not into experiments/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -34,9 +34,14 @@ case "$STUDY" in
   shakespeare_zoo)
     CONFIG=configs/shakespeare_zoo.py DEST=experiments/shakespeare_zoo
     SMOKE_RUNS='mixers=(attention|gla)$' REPORT=(--state_size) ;;
+  titans_mqar)
+    CONFIG=configs/titans_mqar.py DEST=experiments/titans PREFIX=mqar_
+    SMOKE_RUNS='^depth=1,max_lr=0.1,seq_len=64,'
+    REPORT=(--state_size --x model.lmm.depth --y val/accuracy --group model.lmm.max_lr
+            --facet data.seq_len,data.num_kv_pairs) ;;
   *)
-    echo "usage: $0 mqar_state_size|mom|memory_capacity|memory_shakespeare|shakespeare_zoo" \
-         "[--smoke] [--config.<field>=<value> ...]" >&2
+    studies=mqar_state_size\|mom\|memory_capacity\|memory_shakespeare\|shakespeare_zoo\|titans_mqar
+    echo "usage: $0 $studies [--smoke] [--config.<field>=<value> ...]" >&2
     exit 2 ;;
 esac
 shift
