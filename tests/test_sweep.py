@@ -15,6 +15,7 @@ from memzoo.data import tasks
 from memzoo.errors import UserError
 from memzoo.experiments import hyper, report, sweep
 from memzoo.train import config as config_lib
+from memzoo.train import validate
 
 TINY = textwrap.dedent("""
     import ml_collections
@@ -213,3 +214,16 @@ def test_shipped_sweeps_expand_and_build_their_tasks(tmp_path, config_file, per_
   assert first.data.seq_len < config.data.seq_len  # tokens per batch stay fixed across lengths
   tokens = lambda c: c.train.batch_size * c.data.seq_len
   assert tokens(first) == tokens(config)
+
+
+@pytest.mark.parametrize("config_file", sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py")))
+def test_shipped_configs_and_every_run_of_their_sweeps_validate(tmp_path, config_file):
+  """Each file in configs/ gives a valid config, and so does each run its get_sweep() expands to:
+  a field renamed in the code fails here, not hours into a sweep."""
+  path = str(REPO_ROOT / "configs" / config_file)
+  module = config_lib.load_module(path)
+  configs = [module.get_config()]
+  if hasattr(module, "get_sweep"):
+    configs += [sweep.parse_train_flags(run.flags) for run in sweep.expand(path, tmp_path)]
+  for config in configs:
+    validate.check_config(config.copy_and_resolve_references())
