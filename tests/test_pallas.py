@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from memzoo.models.ops.delta_rule import delta_rule
 from memzoo.models.ops.linear_attention import linear_attention
-from memzoo.models.ops.pallas.attention import attention_pallas
+from memzoo.models.ops.attention import attention
+from memzoo.models.ops.pallas.attention import attention_pallas, flash_attention
 from memzoo.models.ops.pallas.delta_rule import delta_rule_pallas
 from memzoo.models.ops.pallas.linear_attention import linear_attention_pallas
 
@@ -150,6 +151,25 @@ def test_pallas_attention_equals_naive_float64(t, extra_keys, block_q, block_k, 
   o_ref, lse_ref = naive_attention(q, k, v, causal, window)
   np.testing.assert_allclose(o, o_ref, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(lse, lse_ref, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=3, deadline=None)
+@given(t=st.integers(1, 24), block_q=st.sampled_from([4, 8]), block_k=st.sampled_from([4, 16]),
+       causal=st.booleans(), window=st.sampled_from([None, 3]), seed=st.integers(0, 99))
+def test_flash_attention_gradients_equal_the_naive_form(t, block_q, block_k, causal, window, seed):
+  """The kernel forward with the JAX blockwise backward: dq, dk, dv (GQA, blocks that do not
+  divide T) equal autodiff through the naive form, which test_attention checks in float64."""
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  q, cotangent = normal(2, t, 4, 8), normal(2, t, 4, 8)
+  k, v = normal(2, t, 2, 8), normal(2, t, 2, 8)
+  flash = lambda *qkv: jnp.sum(flash_attention(*qkv, causal, window, None, block_q, block_k, True)
+                               * cotangent)
+  naive = lambda *qkv: jnp.sum(attention(*qkv, causal=causal, window=window) * cotangent)
+  got = jax.jit(jax.grad(flash, argnums=(0, 1, 2)))(q, k, v)
+  want = jax.grad(naive, argnums=(0, 1, 2))(q, k, v)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
 def test_pallas_attention_gives_zeros_to_a_query_that_sees_no_key():

@@ -216,7 +216,8 @@ def test_shipped_sweeps_expand_and_build_their_tasks(tmp_path, config_file, per_
   assert tokens(first) == tokens(config)
 
 
-@pytest.mark.parametrize("config_file", sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py")))
+@pytest.mark.parametrize("config_file",
+                         sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py")))
 def test_shipped_configs_and_every_run_of_their_sweeps_validate(tmp_path, config_file):
   """Each file in configs/ gives a valid config, and so does each run its get_sweep() expands to:
   a field renamed in the code fails here, not hours into a sweep."""

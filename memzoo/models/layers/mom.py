@@ -181,8 +181,9 @@ class MixtureOfMemories(Mixer):
       features["log_decay"] = -jnp.exp(self.A_log[...]) * dt
     memories, slot_weights = self._slots(weights, indices)
     o, memory_state = mixture_of_memories(
-        recurrence_op(MEMORY_OPS[self.memory_op][0], x.shape[1]), l2_norm(q), l2_norm(k), v, **features, memories=memories,
-        weights=slot_weights, initial_state=None if state is None else state["memories"],
+        recurrence_op(MEMORY_OPS[self.memory_op][0], x.shape[1]), l2_norm(q), l2_norm(k), v,
+        **features, memories=memories, weights=slot_weights,
+        initial_state=None if state is None else state["memories"],
         segment_ids=segment_ids, form=form, mode=mode, chunk_size=self.chunk_size)
     y = self.out_norm(o)
     if self.gate_proj is not None:

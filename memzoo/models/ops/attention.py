@@ -278,15 +278,31 @@ def _blockwise_fwd(q, k, v, qt, kt, causal, window, scale, block_q, block_k):
   return out, (q, k, v, qt, kt, out, lse)
 
 
-def _blockwise_bwd(causal, window, scale, block_q, block_k, residuals, do):
-  q, k, v, qt, kt, out, lse = residuals
+def blockwise_grads(q, k, v, qt: Tokens, kt: Tokens, out, lse, do, *, causal: bool,
+                    window: int | None, scale: float, block_q: int, block_k: int):
+  """FlashAttention-2's backward from the forward's output and log-sum-exp.
+
+  Args:
+    q, out, do: `[B, T, K, G, D | Dv]` (grouped query heads); k, v: `[B, S, K, D | Dv]`.
+    qt, kt: the `Tokens` of each side; lse: `[Nq, B, K, G, bq]` as `finish_softmax` gives it.
+
+  Returns:
+    `(dq, dk, dv)` in the dtypes of q, k, v.
+  """
   qb, qtb, dob, outb = split_blocks((q, qt, do, out), block_q)
   kb, vb, ktb = split_blocks((k, v, kt), block_k)
   dq, dk, dv = attend_chunk_grads(qb, kb, vb, dob, lse, output_delta(dob, outb), qtb, ktb,
                                   causal=causal, window=window, scale=scale)
   dq = merge_blocks(dq, q.shape[1]).astype(q.dtype)
   dk, dv = merge_blocks((dk, dv), k.shape[1])
-  return dq, dk.astype(k.dtype), dv.astype(v.dtype), None, None
+  return dq, dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def _blockwise_bwd(causal, window, scale, block_q, block_k, residuals, do):
+  q, k, v, qt, kt, out, lse = residuals
+  grads = blockwise_grads(q, k, v, qt, kt, out, lse, do, causal=causal, window=window,
+                          scale=scale, block_q=block_q, block_k=block_k)
+  return grads + (None, None)
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

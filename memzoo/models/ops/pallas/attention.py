@@ -6,6 +6,9 @@ One program per (batch row, query head, query block) keeps the block's online-so
 causal / sliding-window mask can reach, so masked-out tiles cost nothing. GQA: query head h reads
 kv head h // (H // K) through the BlockSpec index map, no copies. The log-sum-exp per query is
 returned for a backward pass or for merging partial results (ring attention).
+
+`flash_attention` is the differentiable form for training: this kernel forward, and the JAX
+FlashAttention-2 backward of `ops/attention.py` (`blockwise_grads`) from its output and lse.
 """
 
 import functools
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from memzoo.models.ops import chunking
-from memzoo.models.ops.attention import attention_mask
+from memzoo.models.ops.attention import attention_mask, blockwise_grads, make_tokens, split_blocks
 
 _MASKED = -1e30
 
@@ -110,3 +113,40 @@ def attention_pallas(q, k, v, *, causal: bool = True, window: int | None = None,
       interpret=interpret)(heads_first(q, block_q), heads_first(k, block_k),
                            heads_first(v, block_k))
   return jnp.moveaxis(o, 1, 2)[:, :t], jnp.moveaxis(lse[..., 0], 1, 2)[:, :t]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def flash_attention(q, k, v, causal: bool = True, window: int | None = None,
+                    scale: float | None = None, block_q: int = 128, block_k: int = 128,
+                    interpret: bool = False):
+  """`attention_pallas(...)[0]`, differentiable: the gradient runs `ops.attention`'s blockwise
+  backward (recomputing the probabilities block by block from the kernel's lse). Arguments as
+  `attention_pallas`, positionally."""
+  return attention_pallas(q, k, v, causal=causal, window=window, scale=scale, block_q=block_q,
+                          block_k=block_k, interpret=interpret)[0]
+
+
+def _flash_fwd(q, k, v, causal, window, scale, block_q, block_k, interpret):
+  o, lse = attention_pallas(q, k, v, causal=causal, window=window, scale=scale, block_q=block_q,
+                            block_k=block_k, interpret=interpret)
+  return o, (q, k, v, o, lse)
+
+
+def _flash_bwd(causal, window, scale, block_q, block_k, interpret, residuals, do):
+  del interpret
+  q, k, v, o, lse = residuals
+  b, t, h, d = q.shape
+  groups = (b, t, k.shape[2], h // k.shape[2])
+  grouped = lambda x: x.reshape(groups + x.shape[-1:])
+  tokens = lambda length: make_tokens(jnp.broadcast_to(jnp.arange(length), (b, length)))
+  # [B, T, H] -> the statistics layout [Nq, B, K, G, bq]; a query that saw no key has lse -inf,
+  # and finish_softmax's 0 in its place (its probabilities are masked to zero either way).
+  lse = split_blocks(jnp.where(jnp.isfinite(lse), lse, 0.0).reshape(groups), block_q)
+  dq, dk, dv = blockwise_grads(
+      grouped(q), k, v, tokens(t), tokens(k.shape[1]), grouped(o), jnp.moveaxis(lse, 2, -1),
+      grouped(do), causal=causal, window=window, scale=d ** -0.5 if scale is None else scale,
+      block_q=block_q, block_k=block_k)
+  return dq.reshape(q.shape), dk, dv
+
+
+flash_attention.defvjp(_flash_fwd, _flash_bwd)
