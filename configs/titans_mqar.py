@@ -3,8 +3,9 @@
 configs/mqar.py (2 layers, d_model 64, no MLP, 400 steps, every mixer behind a kernel-4 conv) with
 the `lmm` mixer only. The sweep crosses the memory network's depth (1: a linear memory, the
 delta rule with momentum and forgetting; 2: the paper's default 2-layer MLP) with `max_lr`, the cap
-on the per-token inner learning rate theta_t (0.1: the default, titans-pytorch's train_mac), at
-Zoology's two shortest (seq_len, pairs) cells.
+on the per-token inner learning rate theta_t (0.1: titans-pytorch's train_mac, memzoo's default
+until this study; 1.0: the default since), at Zoology's two shortest (seq_len, pairs) cells.
+Results: experiments/titans/README.md.
 
   memzoo-sweep configs/titans_mqar.py --workdir runs/titans_mqar
   memzoo-report runs/titans_mqar --y val/accuracy --x model.lmm.depth --group model.lmm.max_lr \\
