@@ -10,9 +10,8 @@ the kernel of `pallas/linear_recurrence.py`.
 import jax.numpy as jnp
 
 from memzoo.models.ops import chunking
-from memzoo.models.ops.linear_recurrence import check_arguments, ut_transform
-from memzoo.models.ops.pallas.linear_recurrence import (check_scalar_gate, chunked_recurrence,
-                                                        prepare)
+from memzoo.models.ops.linear_recurrence import ut_transform
+from memzoo.models.ops.pallas.linear_recurrence import chunked_recurrence, prepare
 
 
 def delta_rule_pallas(q, k, v, beta, *, log_decay=None, scale: float | None = None,
@@ -32,15 +31,14 @@ def delta_rule_pallas(q, k, v, beta, *, log_decay=None, scale: float | None = No
   Returns:
     `(o [B, T, H, Dv] in q's dtype, final_state [B, H, Dk, Dv] float32)`.
   """
-  check_arguments(q, k, v, beta, log_decay=log_decay, initial_state=initial_state,
-                  segment_ids=None, chunk_size=chunk_size)
-  check_scalar_gate(log_decay, q.shape[:3])
-  g, state, scale = prepare(q, v, log_decay, initial_state, scale)
+  g, state, scale = prepare(q, k, v, beta, log_decay=log_decay, initial_state=initial_state,
+                            scale=scale, chunk_size=chunk_size)
   f32 = lambda x: x.astype(jnp.float32)
-  c, _ = chunking.split_chunks({"k": f32(k), "v": f32(v), "beta": f32(beta), "g": g[..., None]},
+  k = f32(k)
+  c, _ = chunking.split_chunks({"k": k, "v": f32(v), "beta": f32(beta), "g": g[..., None]},
                                chunk_size)
   one_document = jnp.ones((1, 1, chunk_size, chunk_size), bool)
   w, u = ut_transform(c["k"], c["v"], c["beta"], jnp.cumsum(c["g"], axis=2), 1.0, one_document)
   w, u = chunking.merge_chunks((w, u), q.shape[1])
-  return chunked_recurrence(f32(q), f32(k), u, w, g, state, scale=scale, chunk_size=chunk_size,
+  return chunked_recurrence(f32(q), k, u, w, g, state, scale=scale, chunk_size=chunk_size,
                             out_dtype=q.dtype, interpret=interpret)

@@ -2,9 +2,7 @@
 (`ops/linear_attention.py` with `log_decay [B, T, H]` or None, one document per row); the kernel is
 `pallas/linear_recurrence.py` with u = v."""
 
-from memzoo.models.ops.linear_recurrence import check_arguments
-from memzoo.models.ops.pallas.linear_recurrence import (check_scalar_gate, chunked_recurrence,
-                                                        prepare)
+from memzoo.models.ops.pallas.linear_recurrence import chunked_recurrence, prepare
 
 
 def linear_attention_pallas(q, k, v, *, log_decay=None, scale: float | None = None,
@@ -22,9 +20,7 @@ def linear_attention_pallas(q, k, v, *, log_decay=None, scale: float | None = No
   Returns:
     `(o [B, T, H, Dv] in q's dtype, final_state [B, H, Dk, Dv] float32)`.
   """
-  check_arguments(q, k, v, None, log_decay=log_decay, initial_state=initial_state,
-                  segment_ids=None, chunk_size=chunk_size)
-  check_scalar_gate(log_decay, q.shape[:3])
-  g, state, scale = prepare(q, v, log_decay, initial_state, scale)
+  g, state, scale = prepare(q, k, v, None, log_decay=log_decay, initial_state=initial_state,
+                            scale=scale, chunk_size=chunk_size)
   return chunked_recurrence(q, k, v, None, g, state, scale=scale, chunk_size=chunk_size,
                             out_dtype=q.dtype, interpret=interpret)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from memzoo.models.ops import chunking
+from memzoo.models.ops.linear_recurrence import check_arguments
 
 
 def _kernel(*refs, chunk: int, chunks: int, scale: float, delta: bool):
@@ -93,18 +94,19 @@ def chunked_recurrence(q, k, v, w, log_decay, state, *, scale: float, chunk_size
   return jnp.moveaxis(o, 1, 2)[:, :t], state
 
 
-def prepare(q, v, log_decay, initial_state, scale):
-  """Defaults shared by the wrappers: `(log_decay [B, T, H] float32, state float32, scale)`."""
+def prepare(q, k, v, beta, *, log_decay, initial_state, scale, chunk_size):
+  """What the wrappers share: the JAX ops' argument checks (`linear_recurrence.check_arguments`)
+  plus this kernel's scalar-gate limit, then the defaults.
+
+  Returns `(log_decay [B, T, H] float32, state [B, H, Dk, Dv] float32, scale)`."""
+  check_arguments(q, k, v, beta, log_decay=log_decay, initial_state=initial_state,
+                  segment_ids=None, chunk_size=chunk_size)
   b, t, h, dk = q.shape
+  if log_decay is not None and log_decay.shape != (b, t, h):
+    raise ValueError(f"log_decay: shape {log_decay.shape}; the Pallas kernels take a scalar gate "
+                     f"per head, [B, T, H] = {(b, t, h)} (use the JAX ops for vector gates)")
   g = (jnp.zeros((b, t, h), jnp.float32) if log_decay is None
        else log_decay.astype(jnp.float32))
   state = (jnp.zeros((b, h, dk, v.shape[-1]), jnp.float32) if initial_state is None
            else initial_state.astype(jnp.float32))
   return g, state, dk ** -0.5 if scale is None else scale
-
-
-def check_scalar_gate(log_decay, shape) -> None:
-  """The kernels take one decay per head and token."""
-  if log_decay is not None and log_decay.shape != shape:
-    raise ValueError(f"log_decay: shape {log_decay.shape}; the Pallas kernels take a scalar gate "
-                     f"per head, [B, T, H] = {shape} (use the JAX ops for vector gates)")
