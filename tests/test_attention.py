@@ -92,6 +92,44 @@ def test_naive_decode_positions_match_reference():
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
+def _autodiff_reference(q, k, v, cotangent, *, causal, window, segment_ids):
+  """Float64 outputs and gradients by autodiff through a plain masked softmax."""
+  t, s = q.shape[1], k.shape[1]
+  qp, kp = np.arange(t)[:, None], np.arange(s)[None]
+  seen = np.ones((t, s), bool) if not causal else kp <= qp
+  if window is not None:
+    seen = seen & (np.abs(qp - kp) < window)
+  seen = np.broadcast_to(seen, (q.shape[0], t, s))
+  if segment_ids is not None:
+    ids = np.asarray(segment_ids)
+    seen = seen & (ids[:, :, None] == ids[:, None, :])
+  group = q.shape[2] // k.shape[2]
+
+  def f(q, k, v):
+    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    logits = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    probs = jax.nn.softmax(jnp.where(seen[:, None], logits, -jnp.inf), axis=-1)
+    return jnp.einsum("bhts,bshd->bthd", jnp.where(seen[:, None], probs, 0.0), v)
+
+  with jax.enable_x64(True):
+    args = [jnp.asarray(np.asarray(a), jnp.float64) for a in (q, k, v)]
+    out, vjp = jax.vjp(f, *args)
+    return (out,) + vjp(jnp.asarray(np.asarray(cotangent), jnp.float64))
+
+
+@pytest.mark.parametrize("causal,window,segments,kv_heads", [
+    (True, None, False, 4), (False, 6, True, 1), (True, 5, True, 2)])
+def test_naive_gradients_match_float64_autodiff(causal, window, segments, kv_heads):
+  """The naive form's hand-written backward against autodiff in float64."""
+  q, k, v, cotangent = _inputs(2, 2, 21, 21, 4, kv_heads, 8)
+  segment_ids = _segments(2, 21, 3) if segments else None
+  kw = dict(causal=causal, window=window, segment_ids=segment_ids)
+  got = jax.jit(lambda *a: _value_and_grads("naive", *a, **kw))(q, k, v, cotangent)
+  want = _autodiff_reference(q, k, v, cotangent, **kw)
+  for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("causal,window,segments,kv_heads,block_q,block_k", [
     (True, None, False, 2, 16, 32),   # T = 75: no block size divides it
     (False, 20, True, 1, 32, 16),     # sliding window, MQA, packed documents

@@ -24,6 +24,7 @@ from memzoo.models.ops.conv import causal_conv1d
 from memzoo.models.ops.linear_sequence_parallel import sequence_sharded_conv1d
 from memzoo.models.ops.memory_usage import SlotReads
 from memzoo.models.ops.sequence_parallel import sequence_parallel_size
+from memzoo.models.ops.swiglu import swiglu
 
 Axes = tuple[str | None, ...]
 Shape = int | Sequence[int]
@@ -146,7 +147,9 @@ class SwiGLU(nnx.Module):
     self.down = Dense(hidden, d_model, axes=("mlp", "embed"), **kw)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+    dtype = self.gate.dtype or x.dtype
+    weights = (m.kernel[...].astype(dtype) for m in (self.gate, self.up, self.down))
+    return swiglu(x.astype(dtype), *weights)
 
   def flops(self, batch: int, seq_len: int) -> int:
     return projection_flops(self, batch * seq_len)

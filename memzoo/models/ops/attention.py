@@ -1,7 +1,8 @@
 """Softmax attention, `[batch, time, heads, dim]` layout, with GQA, causal / sliding-window masks
 and packed segments.
 
-`impl="naive"` materialises the `[T, S]` score matrix. `impl="blockwise"` is the memory-efficient
+`impl="naive"` materialises the `[T, S]` score matrix and keeps the probabilities for a written-out
+backward (autodiff through the masked softmax costs twice as much on CPU). `impl="blockwise"` is the memory-efficient
 form with the same semantics: online softmax over key blocks for each query block (Rabe & Staats
 2021; FlashAttention, Dao et al. 2022), and a custom VJP whose backward recomputes the probabilities
 block by block from the saved log-sum-exp (FlashAttention-2, Dao 2023, Alg. 2). Memory is
@@ -54,14 +55,47 @@ def naive_attention(q, k, v, mask, scale):
   b, t, h, d = q.shape
   kv_heads = k.shape[2]
   qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
+  out = _dense(qg, k, v, mask, scale)
+  return out.reshape(b, t, h, v.shape[-1]).astype(q.dtype)
+
+
+def _dense_probs(qg, k, mask, scale):
+  """`[B, K, G, T, S]` float32 softmax probabilities; rows that see no key are zero."""
   logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
   m = mask[:, None, None]
   logits = jnp.where(m, logits, _MASKED)
-  probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)) * m
-  denom = jnp.maximum(jnp.sum(probs, axis=-1, keepdims=True), 1e-30)
-  out = jnp.einsum("bkgts,bskd->btkgd", (probs / denom).astype(v.dtype), v,
-                   preferred_element_type=jnp.float32)
-  return out.reshape(b, t, h, v.shape[-1]).astype(q.dtype)
+  probs = jnp.where(m, jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)), 0.0)
+  return probs / jnp.maximum(jnp.sum(probs, axis=-1, keepdims=True), 1e-30)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _dense(qg, k, v, mask, scale):
+  return _dense_fwd(qg, k, v, mask, scale)[0]
+
+
+def _dense_fwd(qg, k, v, mask, scale):
+  """`qg [B, T, K, G, D]`, `k, v [B, S, K, D]` -> `[B, T, K, G, Dv]` in q's dtype; the
+  probabilities are the residual (this form holds them anyway)."""
+  probs = _dense_probs(qg, k, mask, scale).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+  return out.astype(qg.dtype), (qg, k, v, probs)
+
+
+def _dense_bwd(scale, residuals, do):
+  """Softmax attention's backward written out (FlashAttention-2, Alg. 2, as one block):
+  dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(P dP)), dQ = dS K, dK = dS^T Q."""
+  qg, k, v, probs = residuals
+  f32 = dict(preferred_element_type=jnp.float32)
+  dv = jnp.einsum("bkgts,btkgd->bskd", probs, do.astype(v.dtype), **f32)
+  dp = jnp.einsum("btkgd,bskd->bkgts", do, v, **f32)
+  probs = probs.astype(jnp.float32)
+  ds = probs * (dp - jnp.sum(probs * dp, axis=-1, keepdims=True)) * scale
+  dq = jnp.einsum("bkgts,bskd->btkgd", ds.astype(k.dtype), k, **f32)
+  dk = jnp.einsum("bkgts,btkgd->bskd", ds.astype(qg.dtype), qg, **f32)
+  return dq.astype(qg.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 # ------------------------------------------------------------------------------------------------
