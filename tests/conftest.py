@@ -19,7 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
+
+# Start the backend now, with one device, so that in-process CLI runs cannot split this host
+# (memzoo-train's `distributed.split_cpu_host` only acts before the backend starts).
+jax.devices()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,14 @@
 """The command lines end to end, in subprocesses: train, resume, sample, and one-line errors."""
 
+import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
+from memzoo.train import config as config_lib
+from memzoo.train.distributed import auto_cpu_devices
 
 TINY = ["--config.data.seq_len=16", "--config.model.d_model=32", "--config.model.num_layers=2",
         "--config.model.num_heads=2", "--config.train.batch_size=4", "--config.train.eval_steps=2",
@@ -20,6 +25,10 @@ def test_train_resume_and_sample(tmp_path):
               "--config.train.eval_every=10", *TINY)
   assert first.returncode == 0, first.stderr
   assert "step     20: train loss" in first.stdout and "trained steps 1-20" in first.stdout
+  config = config_lib.base_config()
+  config.train.batch_size = 4
+  devices = auto_cpu_devices(config, len(os.sched_getaffinity(0)))  # one per core, dividing 4
+  assert f"mesh: data={devices}," in first.stdout, first.stdout
 
   resumed = run("memzoo.train", f"--workdir={tmp_path}", "--config.train.steps=25",
                 "--config.train.eval_every=5", *TINY)
@@ -39,3 +48,20 @@ def test_user_errors_are_one_line(tmp_path):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and field in lines[0] and "Traceback" not in result.stderr, lines
+
+
+@pytest.mark.parametrize("overrides,cores,want", [
+    ({}, 2, 2), ({}, 16, 6), ({}, 1, 1), ({"train.batch_size": 7}, 4, 1),
+    ({"train.batch_size": 16}, 64, 8),  # at most MAX_AUTO_CPU_DEVICES
+    ({"train.grad_accum_steps": 4}, 3, 3),  # micro-batches of 3
+    ({"train.grad_accum_steps": 4}, 2, 1),
+    ({"mesh.fsdp": 2}, 8, 1), ({"mesh.data": 2}, 8, 1), ({"distributed.enabled": True}, 8, 1),
+    ({"mesh.cpu_devices": 5}, 2, 5)])
+def test_cpu_devices_policy(overrides, cores, want):
+  """memzoo-train splits a CPU host into one device per core that divides the batch (batch 12
+  by default), for data-parallel-only single-process meshes; `mesh.cpu_devices` overrides."""
+  config = config_lib.base_config()
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  assert auto_cpu_devices(config, cores) == want

@@ -104,10 +104,13 @@ def _train_flags(values, argv):
   flags.DEFINE_bool("debug", False, "show tracebacks for user errors", flag_values=values)
 
   def main():
-    from memzoo.train.trainer import train  # imported after flag parsing: faster --help
+    from memzoo.train import distributed, validate  # imported after flag parsing: faster --help
+    from memzoo.train.trainer import train
     config_file = values["config"].config_filename
     if not Path(config_file).is_file():
       raise UserError(f"--config: no such config file {config_file!r}; pass a .py config file")
+    validate.check_config(config_flag.value)
+    distributed.split_cpu_host(config_flag.value)  # before the backend starts
     train(config_flag.value, workdir_flag.value or f"runs/{Path(config_file).stem}",
           overwrite=overwrite_flag.value)
 

@@ -93,11 +93,13 @@ def base_config() -> ml_collections.ConfigDict:
       debug_nan_steps=()))  # testing hook: these steps' losses (so gradients) are made NaN
 
   # Device mesh: sizes per axis within a slice (-1 fills the remaining devices), across slices
-  # over the data-center network (dcn_*), and the logical-axis -> mesh-axis rules.
+  # over the data-center network (dcn_*), and the logical-axis -> mesh-axis rules. cpu_devices:
+  # how many devices memzoo-train splits a CPU host into (None: one per core, up to 8, when the
+  # mesh is data-parallel only; see train/distributed.py); GPU / TPU hosts ignore it.
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, sequence=1,
       dcn_data=1, dcn_fsdp=1, dcn_tensor=1, dcn_sequence=1,
-      rules=sharding.DEFAULT_RULES))
+      rules=sharding.DEFAULT_RULES, cpu_devices=config_dict.placeholder(int)))
 
   # Multi-host: jax.distributed.initialize before anything touches a device. Leave the fields
   # None to let JAX detect them (TPU pods, SLURM); the JAX_COORDINATOR_ADDRESS environment

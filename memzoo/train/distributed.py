@@ -1,9 +1,54 @@
-"""Multi-host start-up: `jax.distributed.initialize` from `config.distributed` or the
-environment."""
+"""Start-up before anything touches a device: how many devices a CPU host exposes, and the
+multi-host `jax.distributed.initialize` from `config.distributed` or the environment."""
 
 import os
 
 import jax
+
+MAX_AUTO_CPU_DEVICES = 8
+_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def auto_cpu_devices(config, cores: int) -> int:
+  """`config.mesh.cpu_devices`, or for None the most devices, at most one per core (and 8), that
+  the batch and each micro-batch split evenly over; 1 unless the mesh is data-parallel only and
+  the job single-process."""
+  if config.mesh.cpu_devices is not None:
+    return config.mesh.cpu_devices
+  mesh = config.mesh
+  data_only = all(mesh[axis] == 1 for axis in (
+      "fsdp", "tensor", "sequence", "dcn_data", "dcn_fsdp", "dcn_tensor", "dcn_sequence"))
+  if not data_only or mesh.data != -1 or _is_multi_process(config.distributed):
+    return 1
+  micro_batch = config.train.batch_size // max(config.train.grad_accum_steps, 1)
+  return max(n for n in range(1, min(cores, MAX_AUTO_CPU_DEVICES) + 1)
+             if config.train.batch_size % n == 0 and micro_batch % n == 0)
+
+
+def split_cpu_host(config) -> int | None:
+  """Makes a CPU host expose `auto_cpu_devices` devices, which the data axis (`mesh.data=-1`)
+  then fills: one batch shard per core instead of one device whose every op is split across the
+  cores and joined again (for the default Shakespeare model that fork/join costs a third of the
+  step: 2 cores, 59 -> 40 ms). Sets XLA_FLAGS, so it must run before the backend starts; GPU and
+  TPU hosts are unaffected (the flag only shapes the CPU client). Returns the count set, or None
+  when XLA_FLAGS already chooses one, the backend is running, or the count is 1."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if _COUNT_FLAG in flags or _backends_running():
+    return None
+  count = auto_cpu_devices(config, len(os.sched_getaffinity(0)))
+  if count == 1:
+    return None
+  os.environ["XLA_FLAGS"] = f"{flags} {_COUNT_FLAG}={count}".strip()
+  return count
+
+
+def _backends_running() -> bool:
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  return xla_bridge.backends_are_initialized()
+
+
+def _is_multi_process(dist_cfg) -> bool:
+  return bool(dist_cfg.enabled or os.environ.get("JAX_COORDINATOR_ADDRESS"))
 
 
 def maybe_initialize(dist_cfg) -> None:
@@ -15,7 +60,7 @@ def maybe_initialize(dist_cfg) -> None:
   """
   if jax.distributed.is_initialized():
     return
-  if not (dist_cfg.enabled or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+  if not _is_multi_process(dist_cfg):
     return
   jax.distributed.initialize(coordinator_address=dist_cfg.coordinator_address,
                              num_processes=dist_cfg.num_processes,
