@@ -260,16 +260,18 @@ def attend_chunk_grads(q, k, v, do, lse, delta, qt: Tokens, kt: Tokens, *, causa
 
       def grads(dkv):
         dk, dv = dkv
-        mask = token_mask(qtb, ktb, causal=causal, window=window)[:, None, None]
-        p = jnp.where(mask, jnp.exp(_logits(qb, kb, scale) - lseb[..., None]), 0.0)
-        dv = dv + jnp.einsum("bkgqs,bqkgd->bskd", p.astype(dob.dtype), dob,
-                             preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bqkgd,bskd->bkgqs", dob, vb, preferred_element_type=jnp.float32)
-        ds = p * (dp - deltab[..., None]) * scale
-        dq_b = jnp.einsum("bkgqs,bskd->bqkgd", ds.astype(kb.dtype), kb,
-                          preferred_element_type=jnp.float32)
-        dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds.astype(qb.dtype), qb,
-                             preferred_element_type=jnp.float32)
+        # Key-major [.., s, q] tiles: dV = P^T dO and dK = dS^T Q read them row by row, and only
+        # dQ = dS K contracts over their leading axis.
+        mask = jnp.swapaxes(token_mask(qtb, ktb, causal=causal, window=window), 1, 2)
+        mask = mask[:, None, None]
+        f32 = dict(preferred_element_type=jnp.float32)
+        logits_t = jnp.einsum("bskd,bqkgd->bkgsq", kb, qb, **f32) * scale
+        p_t = jnp.where(mask, jnp.exp(logits_t - lseb[..., None, :]), 0.0)
+        dv = dv + jnp.einsum("bkgsq,bqkgd->bskd", p_t.astype(dob.dtype), dob, **f32)
+        dp_t = jnp.einsum("bskd,bqkgd->bkgsq", vb, dob, **f32)
+        ds_t = p_t * (dp_t - deltab[..., None, :]) * scale
+        dq_b = jnp.einsum("bkgsq,bskd->bqkgd", ds_t.astype(kb.dtype), kb, **f32)
+        dk = dk + jnp.einsum("bkgsq,bqkgd->bskd", ds_t.astype(qb.dtype), qb, **f32)
         return (dk, dv), dq_b
 
       visible = block_visible(qtb, ktb, causal=causal, window=window)
