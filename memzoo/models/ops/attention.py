@@ -260,18 +260,25 @@ def attend_chunk_grads(q, k, v, do, lse, delta, qt: Tokens, kt: Tokens, *, causa
 
       def grads(dkv):
         dk, dv = dkv
-        # Key-major [.., s, q] tiles: dV = P^T dO and dK = dS^T Q read them row by row, and only
-        # dQ = dS K contracts over their leading axis.
-        mask = jnp.swapaxes(token_mask(qtb, ktb, causal=causal, window=window), 1, 2)
-        mask = mask[:, None, None]
+        # Tiles are key-major, [B, K, bk, G*bq]: dV = P^T dO and dK = dS^T Q then read them row
+        # by row, only dQ = dS K contracts over their leading axis, and no elementwise pass over
+        # a tile reads it transposed.
+        b, bq, kv_heads, g, _ = qb.shape
+        rows = lambda x: x.transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * bq, x.shape[-1])
+        swap = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, K, D] <-> [B, K, L, D]
+        q_rows, do_rows, k_rows, v_rows = rows(qb), rows(dob), swap(kb), swap(vb)
+        per_query = lambda x: x.reshape(b, kv_heads, 1, g * bq)  # [B, K, G, bq]
+        mask = swap(token_mask(qtb, ktb, causal=causal, window=window))  # [B, bk, bq]
+        mask = jnp.tile(mask, (1, 1, g))[:, None]  # [B, 1, bk, G*bq]
         f32 = dict(preferred_element_type=jnp.float32)
-        logits_t = jnp.einsum("bskd,bqkgd->bkgsq", kb, qb, **f32) * scale
-        p_t = jnp.where(mask, jnp.exp(logits_t - lseb[..., None, :]), 0.0)
-        dv = dv + jnp.einsum("bkgsq,bqkgd->bskd", p_t.astype(dob.dtype), dob, **f32)
-        dp_t = jnp.einsum("bskd,bqkgd->bkgsq", vb, dob, **f32)
-        ds_t = p_t * (dp_t - deltab[..., None, :]) * scale
-        dq_b = jnp.einsum("bkgsq,bskd->bqkgd", ds_t.astype(kb.dtype), kb, **f32)
-        dk = dk + jnp.einsum("bkgsq,bqkgd->bskd", ds_t.astype(qb.dtype), qb, **f32)
+        logits = jnp.einsum("bksd,bknd->bksn", k_rows, q_rows, **f32) * scale
+        p = jnp.where(mask, jnp.exp(logits - per_query(lseb)), 0.0)
+        dp = jnp.einsum("bksd,bknd->bksn", v_rows, do_rows, **f32)
+        ds = p * (dp - per_query(deltab)) * scale
+        dv = dv + swap(jnp.einsum("bksn,bknd->bksd", p.astype(dob.dtype), do_rows, **f32))
+        dk = dk + swap(jnp.einsum("bksn,bknd->bksd", ds.astype(qb.dtype), q_rows, **f32))
+        dq_b = jnp.einsum("bksn,bksd->bknd", ds.astype(kb.dtype), k_rows, **f32)
+        dq_b = dq_b.reshape(b, kv_heads, g, bq, -1).transpose(0, 3, 1, 2, 4)  # [B, bq, K, G, D]
         return (dk, dv), dq_b
 
       visible = block_visible(qtb, ktb, causal=causal, window=window)
