@@ -180,8 +180,20 @@ def match_vma(tree, *refs):
   return jax.tree.map(cast, tree)
 
 
-def _logits(qb, kb, scale):
-  return jnp.einsum("bqkgd,bskd->bkgqs", qb, kb, preferred_element_type=jnp.float32) * scale
+def _query_rows(x):
+  """`[B, bq, K, G, D] -> [B, K, G*bq, D]`: a tile's query rows, kv head first."""
+  b, bq, kv_heads, g, d = x.shape
+  return x.transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * bq, d)
+
+
+def _key_rows(x):
+  """`[B, bk, K, D] <-> [B, K, bk, D]`."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def _query_mask(mask, g: int):
+  """`[B, bq, bk] -> [B, 1, G*bq, bk]`, the mask of `_query_rows`."""
+  return jnp.tile(mask, (1, g, 1))[:, None]
 
 
 def init_softmax(q_blocks, dv: int) -> Softmax:
@@ -193,13 +205,21 @@ def init_softmax(q_blocks, dv: int) -> Softmax:
 
 
 def _softmax_update(s: Softmax, qb, kb, vb, mask, scale) -> Softmax:
-  """Folds one key block into the running softmax of one query block (FlashAttention-2, Alg. 1)."""
-  logits = jnp.where(mask, _logits(qb, kb, scale), _MASKED)
-  m = jnp.maximum(s.m, jnp.max(logits, axis=-1))
+  """Folds one key block into the running softmax of one query block (FlashAttention-2, Alg. 1),
+  on `[B, K, G*bq, bk]` tiles; `mask [B, bq, bk]`."""
+  b, bq, kv_heads, g, _ = qb.shape
+  rows = lambda x: x.reshape(b, kv_heads, g * bq, *x.shape[4:])  # [B, K, G, bq, ...]
+  mask = _query_mask(mask, g)
+  logits = jnp.einsum("bknd,bksd->bkns", _query_rows(qb), _key_rows(kb),
+                      preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(mask, logits, _MASKED)
+  m = jnp.maximum(rows(s.m), jnp.max(logits, axis=-1))
   p = jnp.where(mask, jnp.exp(logits - m[..., None]), 0.0)
-  alpha = jnp.exp(s.m - m)
-  pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
-  return Softmax(m, alpha * s.l + jnp.sum(p, axis=-1), alpha[..., None] * s.acc + pv)
+  alpha = jnp.exp(rows(s.m) - m)
+  pv = jnp.einsum("bkns,bksd->bknd", p.astype(vb.dtype), _key_rows(vb),
+                  preferred_element_type=jnp.float32)
+  state = Softmax(m, alpha * rows(s.l) + jnp.sum(p, axis=-1), alpha[..., None] * rows(s.acc) + pv)
+  return jax.tree.map(lambda new, old: new.reshape(old.shape), state, s)
 
 
 def attend_chunk(state: Softmax, q, k, v, qt: Tokens, kt: Tokens, *, causal: bool,
@@ -217,7 +237,7 @@ def attend_chunk(state: Softmax, q, k, v, qt: Tokens, kt: Tokens, *, causal: boo
       kb, vb, ktb = ys
 
       def update(s):
-        mask = token_mask(qtb, ktb, causal=causal, window=window)[:, None, None]
+        mask = token_mask(qtb, ktb, causal=causal, window=window)
         return _softmax_update(s, qb, kb, vb, mask, scale)
 
       visible = block_visible(qtb, ktb, causal=causal, window=window)
@@ -264,19 +284,18 @@ def attend_chunk_grads(q, k, v, do, lse, delta, qt: Tokens, kt: Tokens, *, causa
         # by row, only dQ = dS K contracts over their leading axis, and no elementwise pass over
         # a tile reads it transposed.
         b, bq, kv_heads, g, _ = qb.shape
-        rows = lambda x: x.transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * bq, x.shape[-1])
-        swap = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, K, D] <-> [B, K, L, D]
-        q_rows, do_rows, k_rows, v_rows = rows(qb), rows(dob), swap(kb), swap(vb)
+        q_rows, do_rows = _query_rows(qb), _query_rows(dob)
+        k_rows, v_rows = _key_rows(kb), _key_rows(vb)
         per_query = lambda x: x.reshape(b, kv_heads, 1, g * bq)  # [B, K, G, bq]
-        mask = swap(token_mask(qtb, ktb, causal=causal, window=window))  # [B, bk, bq]
-        mask = jnp.tile(mask, (1, 1, g))[:, None]  # [B, 1, bk, G*bq]
+        mask = jnp.swapaxes(_query_mask(token_mask(qtb, ktb, causal=causal, window=window), g),
+                            2, 3)  # [B, 1, bk, G*bq]
         f32 = dict(preferred_element_type=jnp.float32)
         logits = jnp.einsum("bksd,bknd->bksn", k_rows, q_rows, **f32) * scale
         p = jnp.where(mask, jnp.exp(logits - per_query(lseb)), 0.0)
         dp = jnp.einsum("bksd,bknd->bksn", v_rows, do_rows, **f32)
         ds = p * (dp - per_query(deltab)) * scale
-        dv = dv + swap(jnp.einsum("bksn,bknd->bksd", p.astype(dob.dtype), do_rows, **f32))
-        dk = dk + swap(jnp.einsum("bksn,bknd->bksd", ds.astype(qb.dtype), q_rows, **f32))
+        dv = dv + _key_rows(jnp.einsum("bksn,bknd->bksd", p.astype(dob.dtype), do_rows, **f32))
+        dk = dk + _key_rows(jnp.einsum("bksn,bknd->bksd", ds.astype(qb.dtype), q_rows, **f32))
         dq_b = jnp.einsum("bksn,bksd->bknd", ds.astype(kb.dtype), k_rows, **f32)
         dq_b = dq_b.reshape(b, kv_heads, g, bq, -1).transpose(0, 3, 1, 2, 4)  # [B, bq, K, G, D]
         return (dk, dv), dq_b
