@@ -100,8 +100,14 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 
 
 def saved_state(workdir: Path, step: int = STEPS) -> dict[str, np.ndarray]:
-  """Every array of the train state saved at `step`, by name, as numpy."""
-  tree = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+  """Every array of the train state saved at `step`, by name, as numpy (read onto this process's
+  one device, whatever devices the run saved from: memzoo-train splits a CPU host)."""
+  path = workdir / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata)
+  tree = checkpointer.restore(path, target)
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
