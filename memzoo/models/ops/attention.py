@@ -2,10 +2,11 @@
 and packed segments.
 
 `impl="naive"` materialises the `[T, S]` score matrix and keeps the probabilities for a written-out
-backward (autodiff through the masked softmax costs twice as much on CPU). `impl="blockwise"` is the memory-efficient
-form with the same semantics: online softmax over key blocks for each query block (Rabe & Staats
-2021; FlashAttention, Dao et al. 2022), and a custom VJP whose backward recomputes the probabilities
-block by block from the saved log-sum-exp (FlashAttention-2, Dao 2023, Alg. 2). Memory is
+backward (autodiff through the masked softmax costs twice as much on CPU). `impl="blockwise"` is
+the memory-efficient form with the same semantics: online softmax over key blocks for each query
+block (Rabe & Staats 2021; FlashAttention, Dao et al. 2022), and a custom VJP whose backward
+recomputes the probabilities block by block from the saved log-sum-exp (FlashAttention-2, Dao 2023,
+Alg. 2); its tiles are laid out so no elementwise pass reads one transposed. Memory is
 O(T * block) instead of O(T * S); block pairs that the mask hides entirely are skipped.
 
 The blockwise building blocks (`Tokens`, `split_blocks`, `attend_chunk`, `attend_chunk_grads`, ...)
