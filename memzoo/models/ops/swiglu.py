@@ -3,8 +3,8 @@ written out.
 
 Autodiff of `silu` leaves XLA an elementwise chain (sigmoid, its derivative, two products) that it
 fuses into the transposes feeding the weight-gradient matmuls; on CPU that fusion reads
-`[T, hidden]` column by column and costs as much as a matmul. Here the backward computes the gate derivative
-once, row-major, and the weight gradients as plain `x^T @ dh` matmuls.
+`[T, hidden]` column by column and costs as much as a matmul. Here the backward computes the gate
+derivative once, row-major, and the weight gradients as plain `x^T @ dh` matmuls.
 """
 
 import jax
