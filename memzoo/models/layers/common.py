@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.ops.conv import causal_conv1d
+from memzoo.models.ops.dense import contract
 from memzoo.models.ops.linear_sequence_parallel import sequence_sharded_conv1d
 from memzoo.models.ops.memory_usage import SlotReads
 from memzoo.models.ops.sequence_parallel import sequence_parallel_size
@@ -97,7 +98,7 @@ class Dense(nnx.Module):
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     dtype = self.dtype or x.dtype
-    y = jnp.tensordot(x.astype(dtype), self.kernel[...].astype(dtype), axes=len(self.in_shape))
+    y = contract(x.astype(dtype), self.kernel[...].astype(dtype), len(self.in_shape))
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y

@@ -1,0 +1,38 @@
+"""`x @ W` over trailing axes, with its backward written as row-major matmuls.
+
+Autodiff of a contraction leaves the weight gradient as a dot over the token axis of both
+operands; XLA:CPU's layout assignment then transposes one of them and fuses whatever elementwise
+backward produced it (a silu or norm derivative, a gate) into that transpose, which reads
+`[tokens, width]` column by column and can cost as much as the matmul. Here the weight gradient is
+`rows(x)^T @ rows(dy)` with only `x` transposed, and `dx = dy @ W^T`, so the elementwise chains
+stay row-major.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def contract(x, w, num_in: int):
+  """`x [..., *in]`, `w [*in, *out]` -> `[..., *out]`, contracting the `num_in` trailing axes of x
+  with the leading axes of w (`jnp.tensordot(x, w, num_in)`); x and w in one dtype."""
+  return jnp.tensordot(x, w, axes=num_in)
+
+
+def _forward(x, w, num_in):
+  return jnp.tensordot(x, w, axes=num_in), (x, w)
+
+
+def _backward(num_in, residuals, dy):
+  x, w = residuals
+  d_in = math.prod(w.shape[:num_in])
+  w_rows = w.reshape(d_in, -1)
+  dx = (dy.reshape(-1, w_rows.shape[1]) @ w_rows.T).reshape(x.shape)
+  dw = (x.reshape(-1, d_in).T @ dy.reshape(-1, w_rows.shape[1])).reshape(w.shape)
+  return dx, dw
+
+
+contract.defvjp(_forward, _backward)
