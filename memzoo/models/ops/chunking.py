@@ -38,6 +38,18 @@ def from_chunks(x: jnp.ndarray) -> jnp.ndarray:
   return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
 
 
+def heads_to_rows(x: jnp.ndarray) -> jnp.ndarray:
+  """`[B, T, H, ...]` -> `[B*H, T, ...]`: one row per (sequence, head), row index `b * H + h`."""
+  b, t, h = x.shape[:3]
+  return jnp.moveaxis(x, 2, 1).reshape(b * h, t, *x.shape[3:])
+
+
+def rows_to_heads(x: jnp.ndarray, heads: int) -> jnp.ndarray:
+  """Inverse of `heads_to_rows`: `[B*H, T, ...]` -> `[B, T, H, ...]`."""
+  x = x.reshape(x.shape[0] // heads, heads, *x.shape[1:])
+  return jnp.moveaxis(x, 1, 2)
+
+
 def split_chunks(inputs: PyTree, chunk_size: int, *,
                  pad_values: PyTree | None = None) -> tuple[PyTree, jnp.ndarray]:
   """Pads a pytree of `[B, T, ...]` arrays to a multiple of C and cuts them into `[N, B, C, ...]`.

@@ -67,46 +67,46 @@ def _masked_exp(exponent: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
 
 @jax.checkpoint
 def _vector_gate_scores(x: jnp.ndarray, y: jnp.ndarray, cum_gate: jnp.ndarray) -> jnp.ndarray:
-  """`[N, B, H, C, C]`: sum_d x_id y_jd exp(G_id - G_jd) for j <= i, zero above the diagonal.
+  """`[N, Z, C, C]`: sum_d x_id y_jd exp(G_id - G_jd) for j <= i, zero above the diagonal.
 
-  `x, y, cum_gate`: `[N, B, C, H, D]`. Rematerialised in the backward pass: the pairwise
+  `x, y, cum_gate`: `[N, Z, C, D]`. Rematerialised in the backward pass: the pairwise
   `[c, c, D]` blocks are never stored.
   """
-  chunks, batch, size, heads, dim = x.shape
+  chunks, rows, size, dim = x.shape
   sub = SUB_CHUNK if size % SUB_CHUNK == 0 else size
   blocks = size // sub
-  # One batch axis z = (chunk, batch): with a separate size-1 batch axis, XLA:CPU (jax 0.10.2)
+  # One batch axis z = (chunk, row): with a separate size-1 batch axis, XLA:CPU (jax 0.10.2)
   # crashes running the backward of the sub-chunk product below.
-  xs, ys, gs = (a.reshape(chunks * batch, blocks, sub, heads, dim) for a in (x, y, cum_gate))
+  xs, ys, gs = (a.reshape(chunks * rows, blocks, sub, dim) for a in (x, y, cum_gate))
   # Diagonal sub-chunks, pairwise.
-  lower = jnp.tril(jnp.ones((sub, sub), bool))[:, :, None, None]
+  lower = jnp.tril(jnp.ones((sub, sub), bool))[:, :, None]
   pair_decay = _masked_exp(gs[:, :, :, None] - gs[:, :, None, :], lower)
-  diagonal = jnp.einsum("zIihd,zIjhd,zIijhd->zhIij", xs, ys, pair_decay)
+  diagonal = jnp.einsum("zIid,zIjd,zIijd->zIij", xs, ys, pair_decay)
   # Sub-chunk J < I: factor through G at the end of J.
-  end = gs[:, :, -1]  # [z, J, H, D]
+  end = gs[:, :, -1]  # [z, J, D]
   y_to_end = ys * jnp.exp(end[:, :, None] - gs)
-  earlier = (jnp.arange(blocks)[:, None] > jnp.arange(blocks)[None, :])[:, None, :, None, None]
+  earlier = (jnp.arange(blocks)[:, None] > jnp.arange(blocks)[None, :])[:, None, :, None]
   x_from_end = xs[:, :, :, None] * _masked_exp(gs[:, :, :, None] - end[:, None, None], earlier)
-  below = jnp.einsum("zIiJhd,zJjhd->zhIiJj", x_from_end, y_to_end)
-  scores = below + jnp.einsum("zhIij,IJ->zhIiJj", diagonal, jnp.eye(blocks, dtype=x.dtype))
-  return scores.reshape(chunks, batch, heads, size, size)
+  below = jnp.einsum("zIiJd,zJjd->zIiJj", x_from_end, y_to_end)
+  scores = below + jnp.einsum("zIij,IJ->zIiJj", diagonal, jnp.eye(blocks, dtype=x.dtype))
+  return scores.reshape(chunks, rows, size, size)
 
 
 def decayed_scores(x, y, cum_gate, same_doc, *, strict: bool) -> jnp.ndarray:
-  """`[N, B, H, C, C]`: sum_d x_id y_jd exp(G_id - G_jd) for j <= i (j < i if strict) within the
+  """`[N, Z, C, C]`: sum_d x_id y_jd exp(G_id - G_jd) for j <= i (j < i if strict) within the
   same document, 0 elsewhere.
 
   Args:
-    x, y: `[N, B, C, H, D]`.
-    cum_gate: G, `[N, B, C, H, 1]` (scalar gate) or `[N, B, C, H, D]` (vector gate).
-    same_doc: `[N, B, C, C]` bool.
+    x, y: `[N, Z, C, D]`.
+    cum_gate: G, `[N, Z, C, 1]` (scalar gate) or `[N, Z, C, D]` (vector gate).
+    same_doc: `[N, Z, C, C]` bool.
   """
   size = x.shape[2]
-  mask = (jnp.tril(jnp.ones((size, size), bool), -1 if strict else 0) & same_doc)[:, :, None]
+  mask = jnp.tril(jnp.ones((size, size), bool), -1 if strict else 0) & same_doc
   if cum_gate.shape[-1] == 1:
-    g = jnp.moveaxis(cum_gate[..., 0], -1, 2)  # [N, B, H, C]
+    g = cum_gate[..., 0]  # [N, Z, C]
     decay = _masked_exp(g[..., :, None] - g[..., None, :], mask)
-    return jnp.einsum("nbihd,nbjhd->nbhij", x, y) * decay
+    return jnp.einsum("nzid,nzjd->nzij", x, y) * decay
   return jnp.where(mask, _vector_gate_scores(x, y, cum_gate), 0.0)
 
 
@@ -132,50 +132,67 @@ def unit_lower_inverse(strict_lower: jnp.ndarray) -> jnp.ndarray:
 
 
 def ut_transform(k, v, beta, cum_gate, sees_initial, same_doc):
-  """`(W, U')` of the delta-rule chunk form (module doc), both `[N, B, C, H, Dk | Dv]`."""
+  """`(W, U')` of the delta-rule chunk form (module doc), both `[N, Z, C, Dk | Dv]`; `beta`
+  `[N, Z, C]`, the masks as in `decayed_scores`."""
   dk = k.shape[-1]
-  m = decayed_scores(k, k, cum_gate, same_doc, strict=True)  # [N, B, H, C, C]
-  inverse = unit_lower_inverse(jnp.moveaxis(beta, -1, 2)[..., None] * m)
+  m = decayed_scores(k, k, cum_gate, same_doc, strict=True)  # [N, Z, C, C]
+  inverse = unit_lower_inverse(beta[..., None] * m)
   rhs = jnp.concatenate([k * jnp.exp(cum_gate) * sees_initial, v], axis=-1) * beta[..., None]
-  solution = jnp.einsum("nbhij,nbjhd->nbihd", inverse, rhs)
+  solution = inverse @ rhs
   return solution[..., :dk], solution[..., dk:]
 
 
 def chunk_form(q, k, v, beta, log_decay, starts, state, scale, chunk_size):
-  """Chunkwise-parallel form. Arrays as prepared by `run`; returns `(o [B,T,H,Dv], state)`."""
-  length = q.shape[1]
-  inputs = {"q": q, "k": k, "v": v, "g": log_decay, "starts": starts}
+  """Chunkwise-parallel form. Arrays as prepared by `run`; returns `(o [B,T,H,Dv], state)`.
+
+  Works on rows z = (sequence, head), `[N, Z, C, D]` chunks, so that every product is a plain
+  batched matmul over (chunk, row).
+  """
+  b, length, h, dk = q.shape
+  rows = chunking.heads_to_rows
+  inputs = {"q": rows(q), "k": rows(k), "v": rows(v), "g": rows(log_decay),
+            "starts": jnp.repeat(starts, h, axis=0)}
   if beta is not None:
-    inputs["beta"] = beta
+    inputs["beta"] = rows(beta)
   c, valid = chunking.split_chunks(inputs, chunk_size)
-  cum_gate = jnp.cumsum(c["g"], axis=2)  # G, [N, B, C, H, Dg]
+  cum_gate = jnp.cumsum(c["g"], axis=2)  # G, [N, Z, C, Dg]
   end_gate = cum_gate[:, :, -1:]
-  resets = jnp.cumsum(c["starts"], axis=2)  # r, [N, B, C]
-  same_doc = resets[:, :, :, None] == resets[:, :, None, :]
-  sees_initial = (resets == 0)[..., None, None]
-  reaches_final = (resets == resets[:, :, -1:])[..., None, None]
-  keeps_initial = (resets[:, :, -1] == 0)[..., None, None]
+  resets = jnp.cumsum(c["starts"], axis=2)  # r, [N, Z, C]
+  same_doc = resets[..., :, None] == resets[..., None, :]
+  sees_initial = (resets == 0)[..., None]
+  reaches_final = (resets == resets[:, :, -1:])[..., None]
+  keeps_initial = (resets[:, :, -1] == 0)[..., None]
 
   q_read = c["q"] * jnp.exp(cum_gate) * sees_initial
   k_write = c["k"] * jnp.exp(end_gate - cum_gate) * reaches_final
-  chunk_decay = jnp.exp(end_gate[:, :, 0]) * keeps_initial  # [N, B, H, Dg]
+  chunk_decay = jnp.exp(end_gate[:, :, 0]) * keeps_initial  # [N, Z, Dg]
   scores = decayed_scores(c["q"], c["k"], cum_gate, same_doc, strict=False)
+  state = state.reshape(b * h, *state.shape[2:])
   if beta is None:
-    w, u_free = None, c["v"]
+    # The state increments do not depend on the state: one batched product for all chunks, and
+    # the scan only decays and adds.
+    u = c["v"]
+    increments = jnp.einsum("nzck,nzcv->nzkv", k_write, u)
+
+    def step(s, chunk, _):
+      decay, increment = chunk
+      return s * decay[..., None] + increment, s
+
+    state, entering = chunking.scan_chunks(step, state, (chunk_decay, increments), valid)
   else:
     w, u_free = ut_transform(c["k"], c["v"], c["beta"], cum_gate, sees_initial, same_doc)
 
-  def step(s, chunk, _):
-    q_read, k_write, decay, w, u_free = chunk
-    u = u_free if w is None else u_free - jnp.einsum("bchk,bhkv->bchv", w, s)
-    from_state = jnp.einsum("bchk,bhkv->bchv", q_read, s)
-    s = s * decay[..., None] + jnp.einsum("bchk,bchv->bhkv", k_write, u)
-    return s, (from_state, u)
+    def step(s, chunk, _):
+      k_write, decay, w, u_free = chunk
+      u = u_free - w @ s
+      return s * decay[..., None] + jnp.einsum("zck,zcv->zkv", k_write, u), (s, u)
 
-  state, (from_state, u) = chunking.scan_chunks(
-      step, state, (q_read, k_write, chunk_decay, w, u_free), valid)
-  o = scale * (from_state + jnp.einsum("nbhij,nbjhv->nbihv", scores, u))
-  return chunking.merge_chunks(o, length), state
+    state, (entering, u) = chunking.scan_chunks(step, state, (k_write, chunk_decay, w, u_free),
+                                                valid)
+  # Reading the entering states is one batched product too.
+  o = scale * (q_read @ entering + scores @ u)
+  o = chunking.rows_to_heads(chunking.merge_chunks(o, length), h)
+  return o, state.reshape(b, h, *state.shape[1:])
 
 
 def recurrent_form(q, k, v, beta, log_decay, starts, state, scale):
