@@ -36,3 +36,50 @@ def _backward(num_in, residuals, dy):
 
 
 contract.defvjp(_forward, _backward)
+
+
+def _t(x):
+  return jnp.swapaxes(x, -1, -2)
+
+
+def _times_transposed(x, w):
+  """`x @ w^T` as `(w @ x^T)^T`: only the token-side operand and the result are transposed."""
+  return _t(w @ _t(x))
+
+
+@jax.custom_vjp
+def matmul(x, w):
+  """Batched `x [..., N, I] @ w [..., I, O] -> [..., N, O]` (equal leading axes); backward
+  `dw = x^T @ dy`, `dx = dy @ w^T`, with the small token-side operand transposed."""
+  return x @ w
+
+
+def _matmul_forward(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_backward(residuals, dy):
+  x, w = residuals
+  return _times_transposed(dy, w), _t(x) @ dy
+
+
+matmul.defvjp(_matmul_forward, _matmul_backward)
+
+
+@jax.custom_vjp
+def matmul_transposed(x, w):
+  """Batched `x [..., N, O] @ w^T -> [..., N, I]` for `w [..., I, O]`; backward `dw = dy^T @ x`,
+  `dx = dy @ w`, both in w's own layout."""
+  return _times_transposed(x, w)
+
+
+def _matmul_transposed_forward(x, w):
+  return matmul_transposed(x, w), (x, w)
+
+
+def _matmul_transposed_backward(residuals, dy):
+  x, w = residuals
+  return dy @ w, _t(dy) @ x
+
+
+matmul_transposed.defvjp(_matmul_transposed_forward, _matmul_transposed_backward)

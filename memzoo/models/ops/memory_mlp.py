@@ -17,6 +17,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from memzoo.models.ops import dense
+
 Weights = tuple[jnp.ndarray, ...]
 
 ACTIVATIONS = {"gelu": partial(jax.nn.gelu, approximate=False), "silu": jax.nn.silu}
@@ -39,7 +41,7 @@ def layer_shapes(d_in: int, d_out: int, depth: int, expansion: float) -> list[tu
 
 def _matmul(x, w):
   """`x [B, H, N, I] @ w [B, H, I, O] -> [B, H, N, O]`."""
-  return jnp.einsum("bhni,bhio->bhno", x, w)
+  return dense.matmul(x, w)
 
 
 def forward(weights: Weights, x: jnp.ndarray, activation: str, residual: bool) -> jnp.ndarray:
@@ -109,7 +111,7 @@ def sample_gradients(weights: Weights, keys: jnp.ndarray, values: jnp.ndarray, a
   delta = (z + keys if residual else z) - values
   deltas = [delta]
   for i in range(len(weights) - 1, 0, -1):
-    back = jnp.einsum("bhno,bhio->bhni", delta, weights[i])
+    back = dense.matmul_transposed(delta, weights[i])
     delta = jax.vjp(act, preacts[i - 1])[1](back)[0]
     deltas.insert(0, delta)
   return inputs, deltas

@@ -199,14 +199,20 @@ def _coefficients(rule: _Rule, slots: int, x) -> _Coefficients:
   return _Coefficients(m_coefs, s_coefs, mixing, s_mixing_last, a_mat, after, pick, keep_slot)
 
 
-def _chunk_step(rule: _Rule, reset_state, state: MemoryState, x, coef: _Coefficients):
-  """One chunk of the chunk form: the work that needs the state."""
+def _chunk_step(rule: _Rule, reset_state, state: MemoryState, x, coef: _Coefficients, *,
+                aligned: bool):
+  """One chunk of the chunk form: the work that needs the state.
+
+  `aligned`: the chunk starts on a chunk boundary, where the anchor equals the weights; the
+  gradients are then taken at `state.weights`, so that the backward pass needs no separate copy of
+  the anchor per chunk."""
   q, k, v = (jnp.swapaxes(x[n], 1, 2) for n in ("q", "k", "v"))              # [B, H, C, D]
   lr, gamma = (jnp.swapaxes(x[n], 1, 2) for n in ("lr", "gamma"))
   keys = jnp.concatenate([state.window_keys, k], axis=2)
   values = jnp.concatenate([state.window_values, v], axis=2)
   ext_gamma = jnp.concatenate([state.window_weights, gamma], axis=2)
-  inputs, deltas = _weighted_gradients(rule, state.anchor, keys, values, ext_gamma)
+  inputs, deltas = _weighted_gradients(rule, state.weights if aligned else state.anchor, keys,
+                                       values, ext_gamma)
   m_bases, s_bases = [state.weights], [state.momentum]
   if rule.has_resets:  # tokens after a reset in this chunk take gradients at the reset weights
     r_inputs, r_deltas = _weighted_gradients(rule, reset_state[0], keys, values, ext_gamma)
@@ -246,14 +252,16 @@ def _chunk_step(rule: _Rule, reset_state, state: MemoryState, x, coef: _Coeffici
   return new_state, jnp.swapaxes(reads, 1, 2)
 
 
-def _chunked(rule: _Rule, reset_state, state: MemoryState, tokens, chunk_size: int):
+def _chunked(rule: _Rule, reset_state, state: MemoryState, tokens, chunk_size: int, *,
+             aligned: bool):
   """The chunk form over `tokens` (leaves `[B, T, ...]`): gate-only coefficients for all chunks at
-  once, then a scan of the state-dependent work."""
+  once, then a scan of the state-dependent work. `aligned`: every chunk starts on a chunk boundary
+  (the state does, and no padding precedes the tokens)."""
   length = tokens["q"].shape[1]
   chunks, valid = split_chunks(tokens, chunk_size, pad_values=_PAD)
   slots = state.window_keys.shape[2]
   coefs = jax.vmap(lambda x: _coefficients(rule, slots, x))(chunks)
-  step = lambda s, xc, _: _chunk_step(rule, reset_state, s, *xc)
+  step = lambda s, xc, _: _chunk_step(rule, reset_state, s, *xc, aligned=aligned)
   state, out = scan_chunks(step, state, (chunks, coefs), valid)
   return state, merge_chunks(out, length)
 
@@ -374,10 +382,10 @@ def neural_memory(q, k, v, lr, momentum, decay, *, state: MemoryState, chunk_siz
     state, out = chunked_scan(step, state, tokens, 1)
     return out.astype(q.dtype), state
   if isinstance(offset, int) and offset == 0:  # known to start on a chunk boundary
-    state, out = _chunked(rule, reset_state, state, tokens, chunk_size)
+    state, out = _chunked(rule, reset_state, state, tokens, chunk_size, aligned=True)
   else:  # continue a partial chunk: delay the tokens so that they land at the right in-chunk slot
     shifted = {n: _shift(x, state.offset, chunk_size, _PAD[n]) for n, x in tokens.items()}
-    state, out = _chunked(rule, reset_state, state, shifted, chunk_size)
+    state, out = _chunked(rule, reset_state, state, shifted, chunk_size, aligned=False)
     out = jax.lax.dynamic_slice_in_dim(out, state.offset, t, axis=1)
   state = state._replace(offset=(state.offset + t) % chunk_size)
   return out.astype(q.dtype), state
