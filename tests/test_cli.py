@@ -21,9 +21,13 @@ def run(module, *args):
 
 
 def test_train_resume_and_sample(tmp_path):
+  cache = tmp_path / "compilation_cache"
   first = run("memzoo.train", f"--workdir={tmp_path}", "--config.train.steps=20",
-              "--config.train.eval_every=10", *TINY)
+              "--config.train.eval_every=10", f"--config.train.compilation_cache_dir={cache}",
+              *TINY)
   assert first.returncode == 0, first.stderr
+  compiled = set(os.listdir(cache))
+  assert compiled, "the first run stored no executables"
   assert "step     20: train loss" in first.stdout and "trained steps 1-20" in first.stdout
   config = config_lib.base_config()
   config.train.batch_size = 4
@@ -31,8 +35,12 @@ def test_train_resume_and_sample(tmp_path):
   assert f"mesh: data={devices}," in first.stdout, first.stdout
 
   resumed = run("memzoo.train", f"--workdir={tmp_path}", "--config.train.steps=25",
-                "--config.train.eval_every=5", *TINY)
+                "--config.train.eval_every=5", f"--config.train.compilation_cache_dir={cache}",
+                *TINY)
   assert resumed.returncode == 0, resumed.stderr
+  # Loaded from the cache, except the train step: its lr schedule depends on train.steps.
+  recompiled = set(os.listdir(cache)) - compiled
+  assert all(name.startswith("jit_train_step-") for name in recompiled), recompiled
   assert "trained steps 21-25" in resumed.stdout and "step     25:" in resumed.stdout
 
   sample = run("memzoo.train.sample", f"--workdir={tmp_path}", "--prompt=ROMEO:", "--tokens=30")

@@ -90,7 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
       memory_values_lr_mult=1.0, memory_values_weight_decay=0.0,
       grad_accum_steps=1,  # the batch is split into this many micro-batches, grads summed
       max_bad_steps=5,  # stop after this many consecutive steps with a non-finite loss or gradient
-      debug_nan_steps=()))  # testing hook: these steps' losses (so gradients) are made NaN
+      debug_nan_steps=(),  # testing hook: these steps' losses (so gradients) are made NaN
+      # memzoo-train's persistent compilation cache (train/compilation_cache.py): None for
+      # <memzoo cache>/jax, "" for none.
+      compilation_cache_dir=config_dict.placeholder(str)))
 
   # Device mesh: sizes per axis within a slice (-1 fills the remaining devices), across slices
   # over the data-center network (dcn_*), and the logical-axis -> mesh-axis rules. cpu_devices:
