@@ -26,7 +26,8 @@ from memzoo.errors import ConfigError, TrainingDiverged, UserError
 from memzoo.models.ops.memory_usage import table_usage
 from memzoo.models.backbone import has_memory_tables
 from memzoo.train import config as config_lib
-from memzoo.train import distributed, mfu, report_setup, rundir, sharding, validate
+from memzoo.train import (compilation_cache, distributed, mfu, report_setup, rundir, sharding,
+                          validate)
 from memzoo.train import state as state_lib
 from memzoo.train.checkpoint import Checkpointer, DifferentModel
 from memzoo.train.mesh import make_mesh
@@ -85,6 +86,7 @@ def setup(config, workdir, overwrite: bool = False) -> Run:
   workdir = Path(workdir)
   validate.check_config(config)
   validate.check_layout(config, jax.device_count(), jax.process_count())
+  cache_note = compilation_cache.disable_where_unsafe()
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"--workdir: {workdir} is a file, not a directory; pass a directory")
 
@@ -127,6 +129,8 @@ def setup(config, workdir, overwrite: bool = False) -> Run:
     flops_per_step = nnx.merge(graphdef, abstract_params).train_flops(*batch["inputs"].shape)
   peak, peak_source = mfu.job_peak(config.model.dtype)
   if distributed.is_writer():
+    if cache_note:
+      print(cache_note, flush=True)
     print(report_setup.describe(mesh, target, compiled_step), flush=True)
     print(report_setup.describe_flops(flops_per_step, peak, peak_source, config.model.dtype),
           flush=True)

@@ -1,4 +1,4 @@
-"""`x @ W` over trailing axes, with its backward written as row-major matmuls.
+"""Contractions with their backward written as row-major matmuls.
 
 Autodiff of a contraction leaves the weight gradient as a dot over the token axis of both
 operands; XLA:CPU's layout assignment then transposes one of them and fuses whatever elementwise
@@ -6,6 +6,11 @@ backward produced it (a silu or norm derivative, a gate) into that transpose, wh
 `[tokens, width]` column by column and can cost as much as the matmul. Here the weight gradient is
 `rows(x)^T @ rows(dy)` with only `x` transposed, and `dx = dy @ W^T`, so the elementwise chains
 stay row-major.
+
+`contract` is the dense layer's `x @ W` over trailing axes. `matmul` / `matmul_transposed` are the
+batched products of per-(sequence, head) weights (the Titans memory MLP, `[B, H, I, O]`), where
+autodiff produced the weight gradient transposed and added it to the scan's carry cotangent
+column by column; `w @ x^T` replaces `x @ w^T` so that only the token-side operand is transposed.
 """
 
 import functools

@@ -25,8 +25,12 @@ and for the delta rule the u_j solve the unit lower-triangular system (the UT / 
 
 A, M, W, U' and the decayed q / k do not depend on S_0: they are computed for all chunks at once
 with batched matmuls (the triangular system by recursive block inversion, `unit_lower_inverse`).
-Only S_0 -> S_C runs sequentially, in a `lax.scan` over chunks (`chunking.scan_chunks`); the
-backward pass keeps one state per chunk.
+Only S_0 -> S_C runs sequentially, in a `lax.scan` over chunks (`chunking.scan_chunks`); for
+linear attention (u = v) the increments `sum_j (exp(G_C - G_j) k_j) u_j^T` are batched too and the
+scan only decays and adds. The reads `(exp(G_i) q_i)^T S_0` of all chunks are one batched product
+after the scan, which keeps the state entering each chunk (the backward pass needs them anyway).
+Arrays are laid out `[N, B*H, C, D]` (chunk, (sequence, head) row, token, feature), so that every
+product is a plain batched matmul.
 
 Stability: every exponent is G_i - G_j with j <= i, G_C - G_j, or G_i, all <= 0 for g <= 0, so no
 exp overflows whatever the decay strength. For vector gates A and M are built in sub-chunks of 16:
