@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from memzoo.train import config as config_lib
+from memzoo.train import distributed
 from memzoo.train.distributed import auto_cpu_devices
 
 TINY = ["--config.data.seq_len=16", "--config.model.d_model=32", "--config.model.num_layers=2",
@@ -86,3 +87,15 @@ def test_cpu_devices_policy(overrides, cores, want):
     section, field = key.split(".")
     config[section][field] = value
   assert auto_cpu_devices(config, cores) == want
+
+
+def test_cpu_flags(monkeypatch):
+  monkeypatch.setattr(distributed, "_backends_running", lambda: False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  assert distributed.apply_cpu_flags()
+  assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
+                                     "--xla_cpu_experimental_ynn_fusion_type=-reduce")
+  assert not distributed.apply_cpu_flags()  # once
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+  assert not distributed.apply_cpu_flags()  # the user's choice stands
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"

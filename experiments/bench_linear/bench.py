@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.layers import registry
+from memzoo.train import distributed
 
 HERE = Path(__file__).parent
 LAYERS = {  # table row -> (registered mixer, its options)
@@ -190,6 +191,7 @@ def main():
   parser.add_argument("--out", default=str(HERE / "results.md"))
   parser.add_argument("--tiny", action="store_true", help="smoke run: tiny sizes, 1 repeat")
   a = parser.parse_args()
+  distributed.apply_cpu_flags()  # what memzoo-train runs with
   if a.tiny:
     a.lengths, a.d_model, a.num_heads, a.repeats = "64,128", 32, 2, 1
     a.ts_batch, a.ts_length, a.ts_chunk_size = 1, 64, 32

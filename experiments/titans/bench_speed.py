@@ -23,6 +23,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from memzoo.models.layers.neural_memory import NeuralMemory  # noqa: E402
+from memzoo.train import distributed  # noqa: E402
 
 
 def timed(fn, runs: int, warmup: int) -> tuple[float, list[float]]:
@@ -91,6 +92,7 @@ def main():
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--tiny", action="store_true", help="B1 x T32, dim 16, chunk 8, 2 runs")
   args = parser.parse_args()
+  distributed.apply_cpu_flags()  # what memzoo-train runs with
   if args.tiny:
     args.batch, args.seq, args.dim, args.chunk, args.runs, args.warmup = 1, 32, 16, 8, 2, 1
 

@@ -25,7 +25,7 @@ from memzoo.bench import mixers as mixer_bench
 from memzoo.bench import report, timing
 from memzoo.bench import train_step as train_bench
 from memzoo.models.layers import registry
-from memzoo.train import mfu
+from memzoo.train import distributed, mfu
 
 SUITES = ("peak", "mixers", "decode", "train")
 QUICK = dict(lengths=[32, 64], contexts=[16, 32], d_model=32, num_heads=2, repeats=1,
@@ -128,6 +128,7 @@ def run_decode(a, log) -> dict:
 
 def main(argv=None) -> None:
   a = parse(argv)
+  distributed.apply_cpu_flags()  # what memzoo-train runs with
   log = lambda line: print(line, flush=True)
   header = ["# memzoo-bench results", "", f"Machine: {timing.machine()}.", "",
             f"Command: `memzoo-bench {' '.join(sys.argv[1:] if argv is None else argv)}`."]

@@ -112,6 +112,7 @@ def _train_flags(values, argv):
       raise UserError(f"--config: no such config file {config_file!r}; pass a .py config file")
     validate.check_config(config_flag.value)
     distributed.split_cpu_host(config_flag.value)  # before the backend starts
+    distributed.apply_cpu_flags()
     compilation_cache.enable(config_flag.value.train.compilation_cache_dir)
     train(config_flag.value, workdir_flag.value or f"runs/{Path(config_file).stem}",
           overwrite=overwrite_flag.value)
