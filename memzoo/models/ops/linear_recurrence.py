@@ -152,7 +152,7 @@ def chunk_form(q, k, v, beta, log_decay, starts, state, scale, chunk_size):
   Works on rows z = (sequence, head), `[N, Z, C, D]` chunks, so that every product is a plain
   batched matmul over (chunk, row).
   """
-  b, length, h, dk = q.shape
+  b, length, h = q.shape[:3]
   rows = chunking.heads_to_rows
   inputs = {"q": rows(q), "k": rows(k), "v": rows(v), "g": rows(log_decay),
             "starts": jnp.repeat(starts, h, axis=0)}
