@@ -33,14 +33,14 @@ def delta_rule_pallas(q, k, v, beta, *, log_decay=None, scale: float | None = No
   """
   g, state, scale = prepare(q, k, v, beta, log_decay=log_decay, initial_state=initial_state,
                             scale=scale, chunk_size=chunk_size)
-  rows = lambda x: chunking.heads_to_rows(x.astype(jnp.float32))
-  c, _ = chunking.split_chunks({"k": rows(k), "v": rows(v), "beta": rows(beta),
-                                "g": rows(g)[..., None]}, chunk_size)
+  q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
+  rows = chunking.heads_to_rows
+  c, _ = chunking.split_chunks({"k": rows(k32), "v": rows(v.astype(jnp.float32)),
+                                "beta": rows(beta.astype(jnp.float32)), "g": rows(g)[..., None]},
+                               chunk_size)
   one_document = jnp.ones((1, 1, chunk_size, chunk_size), bool)
   w, u = ut_transform(c["k"], c["v"], c["beta"], jnp.cumsum(c["g"], axis=2), 1.0, one_document)
   w, u = (chunking.rows_to_heads(x, q.shape[2])
           for x in chunking.merge_chunks((w, u), q.shape[1]))
-  f32 = lambda x: x.astype(jnp.float32)
-  k = f32(k)
-  return chunked_recurrence(f32(q), k, u, w, g, state, scale=scale, chunk_size=chunk_size,
+  return chunked_recurrence(q32, k32, u, w, g, state, scale=scale, chunk_size=chunk_size,
                             out_dtype=q.dtype, interpret=interpret)
