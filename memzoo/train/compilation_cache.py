@@ -5,9 +5,10 @@ program, the devices and the XLA flags; a later run of the same model on the sam
 instead of compiling (a 250-step trial of the default Shakespeare config: start-up 6.4 -> 3.0 s).
 
 Not on a CPU process split into several devices (train/distributed.py): with jax 0.10.2, train
-steps loaded from the cache there deadlocked in their gradient all-reduce while an asynchronous
-checkpoint was being written (3 of 5 stress runs; none of 8 without the cache or without
-intermediate checkpoints), so `disable_where_unsafe` turns the cache off for them.
+steps there hung in their gradient all-reduce after asynchronous checkpoints, far more often with
+executables loaded from the cache (3 of 5 stress runs against 0 of 8 without it; without it the
+hang was seen once, in a full default run), so `disable_where_unsafe` turns the cache off for
+them.
 """
 
 import jax
