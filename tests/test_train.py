@@ -1,5 +1,6 @@
 """The trainer in-process: logs, checkpoints, and resuming from a checkpoint bit for bit."""
 
+import dataclasses
 import json
 
 import jax
@@ -45,6 +46,57 @@ def test_restore_gives_identical_params_and_next_losses(tmp_path):
   run.checkpoints.close()
   assert losses[0] == logged[4] and losses[2] == logged[6]
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), final)
+
+
+class DispatchLog:
+  """Records which step outputs were dispatched and which the host has waited for (through
+  `jax.block_until_ready` or `jax.device_get`), to check how far the host runs ahead."""
+
+  def __init__(self, monkeypatch):
+    self.dispatched, self.waited = [], set()
+    for name in ("block_until_ready", "device_get"):
+      real = getattr(jax, name)
+      monkeypatch.setattr(jax, name, self._recording(real))
+
+  def _recording(self, real):
+    def wait(x):
+      self.waited.add(id(x))
+      return real(x)
+    return wait
+
+  def dispatch(self, outputs):
+    # Every output but the newest (just dispatched) and the one before it has been waited for.
+    assert all(id(o) in self.waited for o in self.dispatched[:-1])
+    self.dispatched.append(outputs)
+    return outputs
+
+
+def test_train_loop_runs_at_most_one_step_ahead(tmp_path, monkeypatch):
+  # More than 32 programs queued on a device deadlock XLA:CPU's multi-device client (trainer.py).
+  log, real_setup = DispatchLog(monkeypatch), trainer.setup
+
+  def setup(*args, **kwargs):
+    run = real_setup(*args, **kwargs)
+
+    def train_step(state, batch):
+      state, metrics = run.train_step(state, batch)
+      return state, log.dispatch(metrics)
+
+    return dataclasses.replace(run, train_step=train_step)
+
+  monkeypatch.setattr(trainer, "setup", setup)
+  trainer.train(tiny_config(), tmp_path)
+  assert len(log.dispatched) == 6
+
+
+def test_eval_fetches_each_batch_once_the_next_is_dispatched(monkeypatch):
+  log = DispatchLog(monkeypatch)
+  stats = lambda i: {"loss_sum": np.float32(i), "correct": np.int32(1), "count": np.int32(2),
+                     "slot_reads": {"t": np.arange(3) * i}}
+  out = trainer.mean_token_stats(lambda params, batch: log.dispatch(stats(batch)), None, range(5))
+  assert len(log.dispatched) == 5
+  assert (out["loss"], out["accuracy"]) == (1.0, 0.5)  # (0 + 1 + 2 + 3 + 4) / 10, 5 / 10
+  assert any(k.startswith("memory/t/") for k in out)
 
 
 def test_memory_values_get_their_own_learning_rate():

@@ -4,6 +4,13 @@
   train:  loop (log one step late, eval, checkpoint; stop on a signal or on too many non-finite
           steps, with a checkpoint) -> wait for the last save
 
+The host runs at most one step ahead of the devices (it waits for step s once s+1 is
+dispatched; evaluation likewise per batch). That keeps an accelerator's queue fed and bounds what
+is in flight: with several CPU devices in one process, jax 0.10.2's XLA:CPU client deadlocks once
+more than 32 programs are queued on a device while a collective one is pending (the queue's
+semaphore blocks one of its few dispatch threads, and the collective's other half never gets one:
+"only 1 of 2 threads arrived", fatal after 40 s); an eval of 20 batches used to queue ~80.
+
 Resuming is exact: the checkpoint holds the model, the optimizer, the step counters and the data
 iterator's position, and nothing else is random, so a run killed at any moment and re-run from its
 latest checkpoint produces the same losses and parameters, bit for bit, as one never interrupted.
@@ -26,8 +33,7 @@ from memzoo.errors import ConfigError, TrainingDiverged, UserError
 from memzoo.models.ops.memory_usage import table_usage
 from memzoo.models.backbone import has_memory_tables
 from memzoo.train import config as config_lib
-from memzoo.train import (compilation_cache, distributed, mfu, report_setup, rundir, sharding,
-                          validate)
+from memzoo.train import distributed, mfu, report_setup, rundir, sharding, validate
 from memzoo.train import state as state_lib
 from memzoo.train.checkpoint import Checkpointer, DifferentModel
 from memzoo.train.mesh import make_mesh
@@ -86,7 +92,6 @@ def setup(config, workdir, overwrite: bool = False) -> Run:
   workdir = Path(workdir)
   validate.check_config(config)
   validate.check_layout(config, jax.device_count(), jax.process_count())
-  cache_note = compilation_cache.disable_where_unsafe()
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"--workdir: {workdir} is a file, not a directory; pass a directory")
 
@@ -129,8 +134,6 @@ def setup(config, workdir, overwrite: bool = False) -> Run:
     flops_per_step = nnx.merge(graphdef, abstract_params).train_flops(*batch["inputs"].shape)
   peak, peak_source = mfu.job_peak(config.model.dtype)
   if distributed.is_writer():
-    if cache_note:
-      print(cache_note, flush=True)
     print(report_setup.describe(mesh, target, compiled_step), flush=True)
     print(report_setup.describe_flops(flops_per_step, peak, peak_source, config.model.dtype),
           flush=True)
@@ -184,11 +187,13 @@ def evaluate(run: Run, params) -> dict:
 def mean_token_stats(eval_step, params, batches, to_global=lambda batch: batch) -> dict:
   """Mean loss and accuracy of `eval_step` (see step.make_eval_step) summed over `batches`, and
   per memory table `memory/<path>/<stat>` of `memory_usage.usage_stats` over all of them."""
-  totals = None
+  totals, previous = None, None
   for batch in batches:
     stats = eval_step(params, to_global(batch))
-    totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
-  totals = jax.device_get(totals)
+    if previous is not None:  # fetched once the next batch is dispatched (module docstring)
+      totals = _add(totals, jax.device_get(previous))
+    previous = stats
+  totals = _add(totals, jax.device_get(previous))
   count = max(float(totals["count"]), 1.0)
   result = {"loss": float(totals["loss_sum"]) / count,
             "accuracy": float(totals["correct"]) / count}
@@ -196,6 +201,10 @@ def mean_token_stats(eval_step, params, batches, to_global=lambda batch: batch) 
     for stat, value in table_usage(counts).items():
       result[f"memory/{table}/{stat}"] = float(value)
   return result
+
+
+def _add(totals, stats):
+  return stats if totals is None else jax.tree.map(np.add, totals, stats)
 
 
 def train(config, workdir, overwrite: bool = False) -> dict:
@@ -216,7 +225,7 @@ def train(config, workdir, overwrite: bool = False) -> dict:
     bar = ProgressBar(train_cfg.steps, start, enabled=is_writer)
     throughput = Throughput(train_cfg.batch_size * run.config.data.seq_len, run.flops_per_step,
                             run.peak_flops_per_s)
-    pending, last_eval, diverged = None, {}, None
+    pending, previous, last_eval, diverged = None, None, {}, None
     t_start = time.perf_counter()
 
     def flush(pending):
@@ -230,12 +239,15 @@ def train(config, workdir, overwrite: bool = False) -> dict:
         diverged = (step, int(metrics["bad_steps"]))
       return metrics
 
-    # Metrics of step s are fetched after step s+1 is dispatched: no host sync inside the loop.
+    # Step s is waited for (and its metrics fetched, on log steps) once step s+1 is dispatched.
     step = start
     with run.context():
       while step < train_cfg.steps and not (diverged or stop.stop_requested(step)):
         step += 1
         state, metrics = run.train_step(state, run.to_global(next(run.data)))
+        if previous is not None:
+          jax.block_until_ready(previous)  # one step in flight at most (module docstring)
+        previous = metrics
         if pending is not None:
           flush(pending)
           pending = None
