@@ -28,7 +28,7 @@ def test_train_resume_and_sample(tmp_path):
   assert "step     20: train loss" in first.stdout and "trained steps 1-20" in first.stdout
   config = config_lib.base_config()
   config.train.batch_size = 4
-  devices = auto_cpu_devices(config, len(os.sched_getaffinity(0)))  # 1: splitting is opt-in
+  devices = auto_cpu_devices(config, len(os.sched_getaffinity(0)))  # one per core that divides 4
   assert f"mesh: data={devices}," in first.stdout, first.stdout
 
   resumed = run("memzoo.train", f"--workdir={tmp_path}", "--config.train.steps=25",
@@ -45,21 +45,13 @@ def test_compilation_cache(tmp_path):
   cache = tmp_path / "cache"
   common = ["--config.train.steps=10", "--config.train.eval_every=5",
             f"--config.train.compilation_cache_dir={cache}", *TINY]
-  first = run("memzoo.train", f"--workdir={tmp_path / 'a'}", "--config.mesh.cpu_devices=1",
-              *common)
+  first = run("memzoo.train", f"--workdir={tmp_path / 'a'}", *common)
   assert first.returncode == 0, first.stderr
   compiled = set(os.listdir(cache))
   assert compiled, "the first run stored no executables"
-  again = run("memzoo.train", f"--workdir={tmp_path / 'b'}", "--config.mesh.cpu_devices=1",
-              *common)
+  again = run("memzoo.train", f"--workdir={tmp_path / 'b'}", *common)
   assert again.returncode == 0, again.stderr
   assert set(os.listdir(cache)) == compiled, "the second run compiled again"
-  # Several CPU devices in one process: off (compilation_cache.py says why).
-  split = run("memzoo.train", f"--workdir={tmp_path / 'c'}", "--config.mesh.cpu_devices=2",
-              *common)
-  assert split.returncode == 0, split.stderr
-  assert "compilation cache off: 2 CPU devices" in split.stdout, split.stdout
-  assert set(os.listdir(cache)) == compiled
 
 
 def test_user_errors_are_one_line(tmp_path):
@@ -72,21 +64,17 @@ def test_user_errors_are_one_line(tmp_path):
     assert len(lines) == 1 and field in lines[0] and "Traceback" not in result.stderr, lines
 
 
-AUTO = {"mesh.cpu_devices": 0}
-
-
 @pytest.mark.parametrize("overrides,cores,want", [
-    ({}, 8, 1),  # off by default
-    (AUTO, 2, 2), (AUTO, 16, 6), (AUTO, 1, 1), ({**AUTO, "train.batch_size": 7}, 4, 1),
-    ({**AUTO, "train.batch_size": 16}, 64, 8),  # at most MAX_AUTO_CPU_DEVICES
-    ({**AUTO, "train.grad_accum_steps": 4}, 3, 3),  # micro-batches of 3
-    ({**AUTO, "train.grad_accum_steps": 4}, 2, 1),
-    ({**AUTO, "mesh.fsdp": 2}, 8, 1), ({**AUTO, "mesh.data": 2}, 8, 1),
-    ({**AUTO, "distributed.enabled": True}, 8, 1), ({"mesh.cpu_devices": 5}, 2, 5)])
+    ({}, 2, 2), ({}, 16, 6), ({}, 1, 1), ({"train.batch_size": 7}, 4, 1),
+    ({"train.batch_size": 16}, 64, 8),  # at most MAX_AUTO_CPU_DEVICES
+    ({"train.grad_accum_steps": 4}, 3, 3),  # micro-batches of 3
+    ({"train.grad_accum_steps": 4}, 2, 1),
+    ({"mesh.fsdp": 2}, 8, 1), ({"mesh.data": 2}, 8, 1),
+    ({"distributed.enabled": True}, 8, 1), ({"mesh.cpu_devices": 5}, 2, 5),
+    ({"mesh.cpu_devices": 1}, 8, 1)])
 def test_cpu_devices_policy(overrides, cores, want):
-  """With `mesh.cpu_devices=0` memzoo-train splits a CPU host into one device per core that
-  divides the batch (batch 12 by default), for data-parallel-only single-process meshes; None
-  (the default) keeps one device, n >= 1 gives n."""
+  """memzoo-train splits a CPU host into one device per core that divides the batch (batch 12 by
+  default), for data-parallel-only single-process meshes; `mesh.cpu_devices=n` gives n."""
   config = config_lib.base_config()
   for key, value in overrides.items():
     section, field = key.split(".")

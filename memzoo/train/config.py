@@ -97,8 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Device mesh: sizes per axis within a slice (-1 fills the remaining devices), across slices
   # over the data-center network (dcn_*), and the logical-axis -> mesh-axis rules. cpu_devices:
-  # how many devices memzoo-train splits a CPU host into (None: 1; 0: one per core, up to 8,
-  # when the mesh is data-parallel only; see train/distributed.py); GPU / TPU hosts ignore it.
+  # how many devices memzoo-train splits a CPU host into (None: one per core, up to 8, when the
+  # mesh is data-parallel only; see train/distributed.py); GPU / TPU hosts ignore it.
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, sequence=1,
       dcn_data=1, dcn_fsdp=1, dcn_tensor=1, dcn_sequence=1,

@@ -11,17 +11,10 @@ _COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
 def auto_cpu_devices(config, cores: int) -> int:
-  """`config.mesh.cpu_devices`: None (the default) gives 1; 0 the most devices, at most one per
-  core (and 8), that the batch and each micro-batch split evenly over, 1 unless the mesh is
-  data-parallel only and the job single-process; n >= 1 gives n.
-
-  Splitting is opt-in: with jax 0.10.2, a CPU process of two devices intermittently hung in a
-  step's all-reduce (XLA's "only 1 of 2 threads arrived", fatal after 40 s) after an asynchronous
-  checkpoint had been written, in 3 of 5 stress runs with cached executables and in 1 of 3
-  default runs without; one device per process never does."""
-  if config.mesh.cpu_devices is None:
-    return 1
-  if config.mesh.cpu_devices > 0:
+  """`config.mesh.cpu_devices`: None (the default) gives the most devices, at most one per core
+  (and 8), that the batch and each micro-batch split evenly over, 1 unless the mesh is
+  data-parallel only and the job single-process; n >= 1 gives n."""
+  if config.mesh.cpu_devices is not None:
     return config.mesh.cpu_devices
   mesh = config.mesh
   data_only = all(mesh[axis] == 1 for axis in (
@@ -37,7 +30,8 @@ def split_cpu_host(config) -> int | None:
   """Makes a CPU host expose `auto_cpu_devices` devices, which the data axis (`mesh.data=-1`)
   then fills: one batch shard per core instead of one device whose every op is split across the
   cores and joined again (for the default Shakespeare model that fork/join costs a fifth to a
-  third of the step: 2 cores, 47 -> 32-40 ms). Sets XLA_FLAGS, so it must run before the backend
+  third of the step: 2 cores, 47 -> 32-40 ms; the loop's one-step bound in train/trainer.py keeps
+  it clear of XLA:CPU's multi-device deadlock). Sets XLA_FLAGS, so it must run before the backend
   starts; GPU and TPU hosts are unaffected (the flag only shapes the CPU client). Returns the count
   set, or None when XLA_FLAGS already chooses one, the backend is running, or the count is 1."""
   count = auto_cpu_devices(config, len(os.sched_getaffinity(0)))

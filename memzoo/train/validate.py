@@ -34,7 +34,7 @@ def check_config(config) -> None:
   """Every field: known, of the right type, with a valid value."""
   _check_fields(config, config_lib.base_config(), "config")
   _check_int(config.seed, "config.seed", minimum=0)
-  _check_int(config.mesh.cpu_devices, "config.mesh.cpu_devices", minimum=0, optional=True)
+  _check_int(config.mesh.cpu_devices, "config.mesh.cpu_devices", minimum=1, optional=True)
   _check_train(config.train)
   _check_model(config.model)
 
