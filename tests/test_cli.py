@@ -28,7 +28,7 @@ def test_train_resume_and_sample(tmp_path):
   assert "step     20: train loss" in first.stdout and "trained steps 1-20" in first.stdout
   config = config_lib.base_config()
   config.train.batch_size = 4
-  devices = auto_cpu_devices(config, len(os.sched_getaffinity(0)))  # one per core that divides 4
+  devices = auto_cpu_devices(config, len(os.sched_getaffinity(0)))  # one per core, dividing 4
   assert f"mesh: data={devices}," in first.stdout, first.stdout
 
   resumed = run("memzoo.train", f"--workdir={tmp_path}", "--config.train.steps=25",
