@@ -11,6 +11,13 @@ stay row-major.
 batched products of per-(sequence, head) weights (the Titans memory MLP, `[B, H, I, O]`), where
 autodiff produced the weight gradient transposed and added it to the scan's carry cotangent
 column by column; `w @ x^T` replaces `x @ w^T` so that only the token-side operand is transposed.
+
+Low precision: `dot` accumulates in float32 and rounds the result to the inputs' dtype, as bf16
+training does on every backend. On CPU it also decides the speed: XLA:CPU (jax 0.10.2) runs a bf16
+dot with a float32 result on YNNPACK's AMX kernels (~950 GFLOP/s against ~270 in float32 on the
+2-core Xeon of experiments/bench) but only in the plain `[M, K] @ [K, N]` layout; a bf16 result,
+or a transposed operand, falls back to float32 at float32 speed. So the backward passes of
+`contract` and ops/swiglu.py transpose their 16-bit operands physically (`transposed`).
 """
 
 import functools
@@ -23,20 +30,40 @@ import jax.numpy as jnp
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def contract(x, w, num_in: int):
   """`x [..., *in]`, `w [*in, *out]` -> `[..., *out]`, contracting the `num_in` trailing axes of x
-  with the leading axes of w (`jnp.tensordot(x, w, num_in)`); x and w in one dtype."""
-  return jnp.tensordot(x, w, axes=num_in)
+  with the leading axes of w (`jnp.tensordot(x, w, num_in)`); x and w in one dtype, accumulated in
+  float32."""
+  return _forward(x, w, num_in)[0]
+
+
+def dot(a, b):
+  """`a [..., M, K] @ b [..., K, N]` accumulated in float32 (float64 stays float64), returned in
+  a's dtype."""
+  accumulate = jnp.promote_types(a.dtype, jnp.float32)
+  return jnp.matmul(a, b, preferred_element_type=accumulate).astype(a.dtype)
+
+
+def transposed(a):
+  """`a.T` of a 2-D array; a 16-bit one on CPU is written out row-major (flattened behind an
+  optimization barrier, which layout assignment cannot turn into a transposed layout) so that
+  `dot` keeps YNNPACK's fast kernels (module doc). Elsewhere a free layout change."""
+  if a.dtype.itemsize > 2 or jax.default_backend() != "cpu":
+    return a.T
+  return jax.lax.optimization_barrier(a.T.reshape(-1)).reshape(a.shape[::-1])
 
 
 def _forward(x, w, num_in):
-  return jnp.tensordot(x, w, axes=num_in), (x, w)
+  d_in = math.prod(w.shape[:num_in])
+  y = dot(x.reshape(-1, d_in), w.reshape(d_in, -1))
+  return y.reshape(*x.shape[:x.ndim - num_in], *w.shape[num_in:]), (x, w)
 
 
 def _backward(num_in, residuals, dy):
   x, w = residuals
   d_in = math.prod(w.shape[:num_in])
   w_rows = w.reshape(d_in, -1)
-  dx = (dy.reshape(-1, w_rows.shape[1]) @ w_rows.T).reshape(x.shape)
-  dw = (x.reshape(-1, d_in).T @ dy.reshape(-1, w_rows.shape[1])).reshape(w.shape)
+  dy_rows = dy.reshape(-1, w_rows.shape[1])
+  dx = dot(dy_rows, transposed(w_rows)).reshape(x.shape)
+  dw = dot(transposed(x.reshape(-1, d_in)), dy_rows).reshape(w.shape)
   return dx, dw
 
 
