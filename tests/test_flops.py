@@ -134,6 +134,17 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
   assert key.startswith("cpu | ") and key.endswith("| float32") and entry["flops_per_s"] == 5e10
 
 
+def test_cpu_peak_measured_the_old_way_is_measured_again(tmp_path, monkeypatch):
+  monkeypatch.setenv("MEMZOO_CACHE_DIR", str(tmp_path))
+  key = mfu._device_key("bfloat16")
+  old = {key: {"flops_per_s": 2.6e11, "date": "2026-12-05 03:16", "jax": jax.__version__}}
+  (tmp_path / "peak_flops.json").write_text(json.dumps(old))
+  monkeypatch.setattr(mfu, "measure_peak", lambda dtype: 9.5e11)
+  assert mfu.device_peak("bfloat16")[0] == 9.5e11
+  entry = json.loads((tmp_path / "peak_flops.json").read_text())[key]
+  assert entry["flops_per_s"] == 9.5e11 and entry["method"] == mfu.MEASURE_METHOD
+
+
 def test_measured_peak_is_a_positive_rate():
   assert mfu.measure_peak(jnp.float32, size=64, repeats=1, matmuls=2) > 0
 
