@@ -129,7 +129,8 @@ def crossover(results, lengths) -> list[str]:
 def torchscale(a) -> dict | str:
   """torchscale's fwd+bwd seconds (see torchscale_retention.py), or why it was skipped."""
   kwargs = dict(batch=a.ts_batch, length=a.ts_length, d_model=a.d_model, value_dim=2 * a.d_model,
-                num_heads=a.num_heads, repeats=a.repeats, chunk_size=a.ts_chunk_size)
+                num_heads=a.num_heads, repeats=a.repeats, chunk_size=a.ts_chunk_size,
+                dtype=a.dtype.name)
   try:
     sys.path.insert(0, str(HERE))
     from torchscale_retention import time_torchscale
@@ -157,8 +158,9 @@ def versus_torchscale(a) -> list[str]:
   lines = [head, "", "| implementation | seconds (median) |", "|---|---|",
            f"| memzoo retention (chunk form, chunk 64, {a.dtype}) | {ours:.4f} |"]
   if isinstance(theirs, dict):
+    precision = "bf16 autocast" if theirs["dtype"] == "bfloat16" else "float32"
     lines += [f"| torchscale MultiScaleRetention (chunkwise, chunk {theirs['chunk_size']}, "
-              f"float32; torch {theirs['torch']}, {theirs['threads']} threads) | "
+              f"{precision}; torch {theirs['torch']}, {theirs['threads']} threads) | "
               f"{theirs['seconds']:.4f} |", "", f"Speed-up: {theirs['seconds'] / ours:.2f}x."]
   else:
     lines += ["", f"torchscale: {theirs}."]

@@ -14,8 +14,11 @@ import time
 
 
 def time_torchscale(batch, length, d_model, value_dim, num_heads, repeats, chunk_size=512,
-                    warmup=2):
-  """Median seconds of one forward + backward (grads of params and input) at `[batch, length]`."""
+                    warmup=2, dtype="float32"):
+  """Median seconds of one forward + backward (grads of params and input) at `[batch, length]`.
+
+  `dtype` "bfloat16" runs the forward under `torch.autocast` (float32 parameters, bf16 matmuls),
+  the counterpart of a memzoo layer with `dtype=bfloat16`."""
   import torch
   from torchscale.architecture.config import RetNetConfig
   from torchscale.architecture.retnet import RetNetRelPos
@@ -34,7 +37,9 @@ def time_torchscale(batch, length, d_model, value_dim, num_heads, repeats, chunk
   def fwd_bwd():
     for p in (x, *layer.parameters()):
       p.grad = None
-    (layer(x, rel_pos, chunkwise_recurrent=True) * cotangent).sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+      y = layer(x, rel_pos, chunkwise_recurrent=True)
+    (y.float() * cotangent).sum().backward()
 
   runs = []
   for i in range(warmup + repeats):
@@ -43,7 +48,8 @@ def time_torchscale(batch, length, d_model, value_dim, num_heads, repeats, chunk
     if i >= warmup:
       runs.append(time.perf_counter() - t0)
   return {"seconds": statistics.median(runs), "runs": runs, "torch": torch.__version__,
-          "threads": torch.get_num_threads(), "chunk_size": args.recurrent_chunk_size}
+          "threads": torch.get_num_threads(), "chunk_size": args.recurrent_chunk_size,
+          "dtype": dtype}
 
 
 def main():
@@ -55,9 +61,10 @@ def main():
   parser.add_argument("--num_heads", type=int, default=6)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--chunk_size", type=int, default=512, help="torchscale's default")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   a = parser.parse_args()
   print(json.dumps(time_torchscale(a.batch, a.length, a.d_model, a.value_dim, a.num_heads,
-                                   a.repeats, a.chunk_size)))
+                                   a.repeats, a.chunk_size, dtype=a.dtype)))
 
 
 if __name__ == "__main__":
