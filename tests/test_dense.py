@@ -88,7 +88,8 @@ def test_bfloat16_products_accumulate_in_float32_and_keep_bfloat16_operands():
 def test_bfloat16_swiglu_keeps_bfloat16_operands():
   keys = jax.random.split(jax.random.key(1), 5)
   x = jax.random.normal(keys[0], (2, 24, 16), jnp.bfloat16)
-  ws = [jax.random.normal(k, s, jnp.bfloat16) for k, s in zip(keys[1:], [(16, 40)] * 2 + [(40, 16)])]
+  shapes = [(16, 40), (16, 40), (40, 16)]
+  ws = [jax.random.normal(k, s, jnp.bfloat16) for k, s in zip(keys[1:], shapes)]
   cotangent = jax.random.normal(keys[4], x.shape, jnp.bfloat16)
   fwd_bwd = jax.jit(lambda *a: jax.vjp(swiglu, *a)[1](cotangent))
   types = _dot_operand_types(fwd_bwd.lower(x, *ws).compile().as_text())

@@ -9,9 +9,10 @@ dense-matmul throughput of every device of the job in the compute dtype:
   the table;
 * anything else (CPUs, float32, unknown kinds): measured once per machine and dtype as the best of
   a few large jitted matmuls on one device, accumulated in float32 as the layers do (`dense.dot`;
-  on an AMX CPU bf16 runs ~3.5x float32 only that way), and cached in `<cache>/peak_flops.json`,
-  where <cache> is `$MEMZOO_CACHE_DIR`, else `$XDG_CACHE_HOME/memzoo`, else `~/.cache/memzoo`. A CPU device uses
-  all the cores of its host, so the job's CPU peak is the host's times the process count.
+  on an AMX CPU bf16 runs ~4x float32 only that way), and cached in `<cache>/peak_flops.json`,
+  where <cache> is `$MEMZOO_CACHE_DIR`, else `$XDG_CACHE_HOME/memzoo`, else `~/.cache/memzoo`.
+  A CPU device uses all the cores of its host, so the job's CPU peak is the host's times the
+  process count.
 
 `memzoo-bench --suites peak` measures again and replaces the cached value (measure on a quiet
 machine: a peak measured under load makes every later MFU too high).

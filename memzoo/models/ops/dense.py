@@ -14,10 +14,10 @@ column by column; `w @ x^T` replaces `x @ w^T` so that only the token-side opera
 
 Low precision: `dot` accumulates in float32 and rounds the result to the inputs' dtype, as bf16
 training does on every backend. On CPU it also decides the speed: XLA:CPU (jax 0.10.2) runs a bf16
-dot with a float32 result on YNNPACK's AMX kernels (~950 GFLOP/s against ~270 in float32 on the
-2-core Xeon of experiments/bench) but only in the plain `[M, K] @ [K, N]` layout; a bf16 result,
-or a transposed operand, falls back to float32 at float32 speed. So the backward passes of
-`contract` and ops/swiglu.py transpose their 16-bit operands physically (`transposed`).
+dot with a float32 result on YNNPACK's AMX kernels (600-1,300 GFLOP/s against ~270-315 in float32
+on the 2-core Xeon of experiments/bench) but only in the plain `[M, K] @ [K, N]` layout; a bf16
+result, or a transposed operand, falls back to float32 at float32 speed. So the backward passes
+of `contract` and ops/swiglu.py transpose their 16-bit operands physically (`transposed`).
 """
 
 import functools
