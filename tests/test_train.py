@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import time
 
 import jax
 import pytest
@@ -20,8 +21,11 @@ def read_metrics(workdir):
 
 
 def test_train_logs_evals_and_checkpoints(tmp_path):
+  launch = time.time()
   result = trainer.train(tiny_config(), tmp_path)
   metrics = read_metrics(tmp_path)
+  stamps = [m["time"] for m in metrics]  # unix seconds of each write, in order
+  assert launch <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= time.time()
   train_steps = [m["step"] for m in metrics if m["split"] == "train"]
   val = [m for m in metrics if m["split"] == "val"]
   assert train_steps == [2, 4, 6] and [m["step"] for m in val] == [3, 6]

@@ -17,7 +17,8 @@ logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
 
 class MetricsLog:
-  """Appends `{"step": s, "split": split, **values}` lines and mirrors them to tensorboard.
+  """Appends `{"step": s, "split": split, "time": t, **values}` lines (t: unix seconds of the
+  write, as tensorboard's wall_time) and mirrors the values to tensorboard.
 
   A run resumed from step `start` first drops the lines after `start` (written before a crash,
   about to be recomputed) and any torn last line, and tells tensorboard to purge its events after
@@ -38,7 +39,8 @@ class MetricsLog:
     if not self.enabled:
       return
     values = {k: float(v) for k, v in values.items()}
-    self.file.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
+    record = {"step": int(step), "split": split, "time": round(time.time(), 3), **values}
+    self.file.write(json.dumps(record) + "\n")
     for name, value in values.items():
       self.tb.add_scalar(f"{split}/{name}", value, step)
 
