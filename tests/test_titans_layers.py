@@ -95,6 +95,18 @@ def test_hybrid_language_model_trains():
     assert np.all(np.isfinite(norms)) and sum(norms) > 0, (cfg.mixers[i], norms)
 
 
+@pytest.mark.parametrize("decay_bias", [-4.0, -8.0])
+def test_decay_bias_sets_the_initial_forgetting(decay_bias):
+  """At init (zero input) alpha_t = sigmoid(decay_bias) in every head; the other gates at 0.5."""
+  cfg = model_config("lmm")
+  cfg.lmm.update(omega_window=1, decay_bias=decay_bias)
+  memory = registry.build("mixer", "lmm", cfg, rngs=nnx.Rngs(0))
+  gates = memory.gates(jnp.zeros((1, 2, D)))
+  np.testing.assert_allclose(gates["decay"], jax.nn.sigmoid(decay_bias), rtol=1e-6)
+  np.testing.assert_allclose(gates["momentum"], 0.5)
+  np.testing.assert_allclose(gates["lr"], 0.5 * memory.max_lr)
+
+
 def test_bad_options_raise():
   cfg = model_config("mag")
   cfg.mag.memory = dict(chunk=2)

@@ -27,7 +27,7 @@ from memzoo.models.ops.neural_memory import (MemoryState, memory_state, neural_m
 from memzoo.models.ops.polynomial_features import (feature_dim, polynomial_features,
                                                    taylor_coefficients)
 
-_GATE_BIAS = {"lr": 0.0, "momentum": 0.0, "decay": -4.0, "omega": 0.0}  # sigmoid(-4) ~ 0.018
+_GATE_BIAS = {"lr": 0.0, "momentum": 0.0, "omega": 0.0}  # the decay gate's is `decay_bias`
 
 
 @register_mixer("lmm")
@@ -48,6 +48,9 @@ class NeuralMemory(Mixer):
       (1.705 against 1.682; experiments/titans). Stable with the soft gradient clip on: a deep
       memory's inner gradient is not bounded by |k|^2 as a linear one's is.
     momentum, weight_decay: learn eta_t / alpha_t; False fixes them to 0 (the paper's ablations).
+    decay_bias: initial bias of alpha_t's logit. -4: alpha ~ 0.025 per token at init, so 256
+      tokens later a write keeps ~0.2% of its strength (experiments/titans, memory dynamics);
+      -8: alpha ~ 3e-4, ~90% kept.
     conv, conv_size: depthwise causal conv of this width on q, k, v (§4.4).
     silu, qk_norm, output_gate: §4.4's SiLU on q/k/v, l2-normalised q/k and gated output.
     grad_clip: soft-clip each token's memory gradient to this norm (None: off). On by default:
@@ -63,7 +66,8 @@ class NeuralMemory(Mixer):
                chunk_size: int = 64, depth: int = 2, expansion: float = 4.0,
                activation: str = "gelu", residual_memory: bool = False, learned_init: bool = True,
                max_lr: float = 1.0,
-               momentum: bool = True, weight_decay: bool = True, conv: bool = True,
+               momentum: bool = True, weight_decay: bool = True, decay_bias: float = -4.0,
+               conv: bool = True,
                conv_size: int = 4,
                silu: bool = True, qk_norm: bool = True, output_gate: bool = True,
                grad_clip: float | None = 1.0, omega_window: int = 1, omega_gate: bool = True,
@@ -88,7 +92,7 @@ class NeuralMemory(Mixer):
                                         rngs=rngs) for n in "qkv"}) if conv else None
     self.gate_names = (["lr"] + ["momentum"] * momentum + ["decay"] * weight_decay
                        + ["omega"] * (omega_window > 1 and omega_gate))
-    bias = jnp.array([_GATE_BIAS[n] for n in self.gate_names])
+    bias = jnp.array([{**_GATE_BIAS, "decay": decay_bias}[n] for n in self.gate_names])
     self.gate_proj = Dense(d_model, (len(self.gate_names), num_heads),
                            axes=("embed", None, "heads"), use_bias=True,
                            bias_init=lambda key, shape, dtype: jnp.broadcast_to(
