@@ -44,13 +44,15 @@ class NeuralMemory(Mixer):
       memory only: a deep memory at zero gets no gradient).
     max_lr: theta_t = max_lr * sigmoid(W x_t). 1.0 lets one write store a key-value pair; with
       titans-pytorch's 0.1 (its train_mac) the 2-layer memory learned no MQAR recall in 1,200
-      steps (0.20 against 0.99) and S-NIAH stayed at chance, and Shakespeare's val loss was worse
-      (1.705 against 1.682; experiments/titans). Stable with the soft gradient clip on: a deep
-      memory's inner gradient is not bounded by |k|^2 as a linear one's is.
+      steps (0.20 against 0.99), and Shakespeare's val loss was worse (1.705 against 1.682;
+      experiments/titans). Stable with the soft gradient clip on: a deep memory's inner gradient
+      is not bounded by |k|^2 as a linear one's is.
     momentum, weight_decay: learn eta_t / alpha_t; False fixes them to 0 (the paper's ablations).
     decay_bias: initial bias of alpha_t's logit. -4: alpha ~ 0.025 per token at init, so 256
-      tokens later a write keeps ~0.2% of its strength (experiments/titans, memory dynamics);
-      -8: alpha ~ 3e-4, ~90% kept.
+      tokens later a write keeps ~0.2% of its strength; -8: alpha ~ 3e-4, ~90% kept. For recall
+      across long filler (S-NIAH) the 2-layer memory learns only with decay_bias=-8 and
+      max_lr=0.1; at the defaults its inner steps rewrite half its weights per chunk and the
+      outer gradients blow up (experiments/titans, "Why the 2-layer memory did not learn it").
     conv, conv_size: depthwise causal conv of this width on q, k, v (§4.4).
     silu, qk_norm, output_gate: §4.4's SiLU on q/k/v, l2-normalised q/k and gated output.
     grad_clip: soft-clip each token's memory gradient to this norm (None: off). On by default:
