@@ -25,15 +25,14 @@ the last val loss and accuracy, and the outer gradient norm (before clipping) lo
 
 import argparse
 import contextlib
-import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from memzoo.data import pipeline, tasks
+from memzoo.experiments.report import read_metrics
 from memzoo.models.backbone import LanguageModel
 from memzoo.models.layers import neural_memory
 from memzoo.models.ops import memory_mlp
@@ -55,27 +54,21 @@ def _per_head_norms(weights):
 
 
 def first_chunk_step(memory, feats, gates, weights):
-  """`|sum_t theta_t g_t| / |W|` per memory layer over the first chunk (tokens `[0, C)`)."""
+  """`|sum_t theta_t g_t| / |W|` per memory layer over the first chunk (tokens `[0, C)`), with
+  the op's own per-token gradient factors and soft clip (ops/memory_mlp.py)."""
   c = memory.chunk_size
   keys = jnp.swapaxes(feats["k"][:, :c], 1, 2).astype(jnp.float32)  # [B, H, C, Dk]
   values = jnp.swapaxes(feats["v"][:, :c], 1, 2).astype(jnp.float32)
   rule = memory.rule
-
-  def loss(ws, k, v):
-    y = memory_mlp.forward(tuple(w[None, None] for w in ws), k[None, None, None],
-                           rule["activation"], rule["residual"])
-    return 0.5 * jnp.sum(jnp.square(y[0, 0, 0] - v))
-
-  per_token = jax.grad(loss)
-  per_head = jax.vmap(per_token, in_axes=(None, 0, 0))                    # over tokens
-  grads = jax.vmap(jax.vmap(per_head))(weights, keys, values)              # over B, H
-  norms = jnp.sqrt(sum(jnp.sum(jnp.square(g), axis=(-2, -1)) for g in grads))  # [B, H, C]
-  scale = jnp.swapaxes(gates["lr"][:, :c], 1, 2)
+  inputs, deltas = memory_mlp.sample_gradients(weights, keys, values, rule["activation"],
+                                               rule["residual"])
+  scale = jnp.swapaxes(gates["lr"][:, :c], 1, 2)  # [B, H, C]
   if rule["grad_clip"] is not None:
+    norms = memory_mlp.gradient_norms(inputs, deltas)
     scale = scale * memory_mlp.soft_clip_factors(norms, rule["grad_clip"])
-  steps = [jnp.linalg.norm(jnp.sum(g * scale[..., None, None], axis=2), axis=(-2, -1))
-           for g in grads]
-  return [float(jnp.mean(s / jnp.linalg.norm(w, axis=(-2, -1)))) for s, w in zip(steps, weights)]
+  steps = [jnp.einsum("bhn,bhni,bhno->bhio", scale, a, d) for a, d in zip(inputs, deltas)]
+  return [float(jnp.mean(jnp.linalg.norm(s, axis=(-2, -1)) / jnp.linalg.norm(w, axis=(-2, -1))))
+          for s, w in zip(steps, weights)]
 
 
 @contextlib.contextmanager
@@ -120,7 +113,7 @@ def run_rows(run: str, *, init: bool, seq_len: int | None, examples: int) -> lis
 
 def training_row(run: str) -> str:
   """`| run | val loss | val acc | grad norm median / max |` from the run's metrics.jsonl."""
-  records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+  records = read_metrics(Path(run) / "metrics.jsonl")
   val = [r for r in records if r["split"] == "val"][-1]
   norms = np.array([r["grad_norm"] for r in records if r["split"] == "train"])
   return (f"| {val['step']} | {val['loss']:.3f} | {val['accuracy']:.3f} | "

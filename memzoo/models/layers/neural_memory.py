@@ -94,7 +94,8 @@ class NeuralMemory(Mixer):
                                         rngs=rngs) for n in "qkv"}) if conv else None
     self.gate_names = (["lr"] + ["momentum"] * momentum + ["decay"] * weight_decay
                        + ["omega"] * (omega_window > 1 and omega_gate))
-    bias = jnp.array([{**_GATE_BIAS, "decay": decay_bias}[n] for n in self.gate_names])
+    biases = {**_GATE_BIAS, "decay": decay_bias}
+    bias = jnp.array([biases[n] for n in self.gate_names])
     self.gate_proj = Dense(d_model, (len(self.gate_names), num_heads),
                            axes=("embed", None, "heads"), use_bias=True,
                            bias_init=lambda key, shape, dtype: jnp.broadcast_to(
