@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from memzoo.models.ops.chunking import prefix_sum
 from memzoo.models.ops.delta_rule import delta_rule
 from memzoo.models.ops.linear_attention import linear_attention
 from memzoo.models.ops.linear_recurrence import unit_lower_inverse
@@ -139,11 +140,13 @@ def check(op, mode, *, chunk_size, seed=0, **shape):
   assert_close(got, cached_reference(op, seed, **shape), FP32_TOL, f"{op}/{mode} ")
 
 
-@pytest.mark.parametrize("gate,t,chunk_size", [("scalar", 63, 16), ("vector", 75, 32)])
+@pytest.mark.parametrize("gate,t,chunk_size",
+                         [("scalar", 63, 16), ("vector", 75, 32), ("none", 70, 32)])
 @pytest.mark.parametrize("op,mode", [(op, m) for op in OPS for m in MODES[op]])
 def test_every_mode_matches_float64_loop(op, mode, gate, t, chunk_size):
   """o, final state and gradients wrt q, k, v, beta, log_decay, initial_state. Dk = 60; chunks
-  that do not divide T; rows with gates x0.1 / x1 / x10; row 0 packs three documents."""
+  that do not divide T; rows with gates x0.1 / x1 / x10 (or no decay, which the chunk form runs
+  without exps); row 0 packs three documents."""
   check(op, mode, gate=gate, t=t, documents=3, chunk_size=chunk_size)
 
 
@@ -238,3 +241,16 @@ def test_unit_lower_inverse_on_correlated_keys(size):
   want = np.linalg.inv(np.eye(size) + strict)
   got = np.asarray(unit_lower_inverse(jnp.asarray(strict, jnp.float32)), np.float64)
   assert np.max(np.abs(got - want)) <= 2e-5 * np.max(np.abs(want))
+
+
+def test_prefix_sum_over_chunk_tokens():
+  """The chunk forms' cumulative sum over axis 2 of `[N, Z, C, D]`: the float64 sum to float32
+  rounding for floats, exact for integers."""
+  rng = np.random.default_rng(0)
+  g = -5 * np.abs(rng.standard_normal((3, 4, 64, 2))).astype(np.float32)
+  want = np.cumsum(g.astype(np.float64), axis=2)
+  got = np.asarray(jax.jit(prefix_sum)(g), np.float64)
+  assert got.shape == g.shape
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  starts = rng.integers(0, 2, (3, 4, 48)).astype(np.int32)
+  np.testing.assert_array_equal(jax.jit(prefix_sum)(starts), np.cumsum(starts, axis=2))

@@ -50,6 +50,21 @@ def rows_to_heads(x: jnp.ndarray, heads: int) -> jnp.ndarray:
   return jnp.moveaxis(x, 1, 2)
 
 
+def prefix_sum(x: jnp.ndarray) -> jnp.ndarray:
+  """Inclusive cumulative sum over the token axis (2) of `[N, Z, C, ...]` chunks.
+
+  Floats: a product with the lower-triangular ones matrix at full precision, which adds the terms
+  in order (on XLA:CPU bitwise the sequential sum, whose differences G_i - G_j near the diagonal
+  are the most accurate) and is ~8x faster there than `jnp.cumsum`'s reduce-window, which XLA
+  splits in two and re-evaluates inside every fusion that reads the sum. Integers: an associative
+  scan (exact).
+  """
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return jax.lax.associative_scan(jnp.add, x, axis=2)
+  lower = jnp.tril(jnp.ones((x.shape[2], x.shape[2]), x.dtype))
+  return jnp.einsum("ij,nzj...->nzi...", lower, x, precision=jax.lax.Precision.HIGHEST)
+
+
 def split_chunks(inputs: PyTree, chunk_size: int, *,
                  pad_values: PyTree | None = None) -> tuple[PyTree, jnp.ndarray]:
   """Pads a pytree of `[B, T, ...]` arrays to a multiple of C and cuts them into `[N, B, C, ...]`.

@@ -102,11 +102,13 @@ def decayed_scores(x, y, cum_gate, same_doc, *, strict: bool) -> jnp.ndarray:
 
   Args:
     x, y: `[N, Z, C, D]`.
-    cum_gate: G, `[N, Z, C, 1]` (scalar gate) or `[N, Z, C, D]` (vector gate).
+    cum_gate: G, `[N, Z, C, 1]` (scalar gate), `[N, Z, C, D]` (vector gate) or None (no decay).
     same_doc: `[N, Z, C, C]` bool.
   """
   size = x.shape[2]
   mask = jnp.tril(jnp.ones((size, size), bool), -1 if strict else 0) & same_doc
+  if cum_gate is None:
+    return jnp.where(mask, jnp.einsum("nzid,nzjd->nzij", x, y), 0.0)
   if cum_gate.shape[-1] == 1:
     g = cum_gate[..., 0]  # [N, Z, C]
     decay = _masked_exp(g[..., :, None] - g[..., None, :], mask)
@@ -135,13 +137,18 @@ def unit_lower_inverse(strict_lower: jnp.ndarray) -> jnp.ndarray:
   return inverse
 
 
+def decayed(x: jnp.ndarray, exponent: jnp.ndarray | None) -> jnp.ndarray:
+  """`x * exp(exponent)`; `x` itself when there is no decay (`exponent` None)."""
+  return x if exponent is None else x * jnp.exp(exponent)
+
+
 def ut_transform(k, v, beta, cum_gate, sees_initial, same_doc):
   """`(W, U')` of the delta-rule chunk form (module doc), both `[N, Z, C, Dk | Dv]`; `beta`
   `[N, Z, C]`, the masks as in `decayed_scores`."""
   dk = k.shape[-1]
   m = decayed_scores(k, k, cum_gate, same_doc, strict=True)  # [N, Z, C, C]
   inverse = unit_lower_inverse(beta[..., None] * m)
-  rhs = jnp.concatenate([k * jnp.exp(cum_gate) * sees_initial, v], axis=-1) * beta[..., None]
+  rhs = jnp.concatenate([decayed(k, cum_gate) * sees_initial, v], axis=-1) * beta[..., None]
   solution = inverse @ rhs
   return solution[..., :dk], solution[..., dk:]
 
@@ -154,22 +161,27 @@ def chunk_form(q, k, v, beta, log_decay, starts, state, scale, chunk_size):
   """
   b, length, h = q.shape[:3]
   rows = chunking.heads_to_rows
-  inputs = {"q": rows(q), "k": rows(k), "v": rows(v), "g": rows(log_decay),
-            "starts": jnp.repeat(starts, h, axis=0)}
-  if beta is not None:
-    inputs["beta"] = rows(beta)
+  inputs = {"q": rows(q), "k": rows(k), "v": rows(v), "starts": jnp.repeat(starts, h, axis=0)}
+  for name, value in (("g", log_decay), ("beta", beta)):
+    if value is not None:
+      inputs[name] = rows(value)
   c, valid = chunking.split_chunks(inputs, chunk_size)
-  cum_gate = jnp.cumsum(c["g"], axis=2)  # G, [N, Z, C, Dg]
-  end_gate = cum_gate[:, :, -1:]
-  resets = jnp.cumsum(c["starts"], axis=2)  # r, [N, Z, C]
+  resets = chunking.prefix_sum(c["starts"].astype(jnp.int32))  # r, [N, Z, C]
   same_doc = resets[..., :, None] == resets[..., None, :]
   sees_initial = (resets == 0)[..., None]
   reaches_final = (resets == resets[:, :, -1:])[..., None]
   keeps_initial = (resets[:, :, -1] == 0)[..., None]
+  if log_decay is None:  # no exps to evaluate: G = 0
+    cum_gate = to_end = None
+    chunk_decay = keeps_initial.astype(jnp.float32)  # [N, Z, 1]
+  else:
+    cum_gate = chunking.prefix_sum(c["g"])  # G, [N, Z, C, Dg]
+    end_gate = cum_gate[:, :, -1:]
+    to_end = end_gate - cum_gate
+    chunk_decay = jnp.exp(end_gate[:, :, 0]) * keeps_initial  # [N, Z, Dg]
 
-  q_read = c["q"] * jnp.exp(cum_gate) * sees_initial
-  k_write = c["k"] * jnp.exp(end_gate - cum_gate) * reaches_final
-  chunk_decay = jnp.exp(end_gate[:, :, 0]) * keeps_initial  # [N, Z, Dg]
+  q_read = decayed(c["q"], cum_gate) * sees_initial
+  k_write = decayed(c["k"], to_end) * reaches_final
   scores = decayed_scores(c["q"], c["k"], cum_gate, same_doc, strict=False)
   state = state.reshape(b * h, *state.shape[2:])
   if beta is None:
@@ -201,13 +213,15 @@ def chunk_form(q, k, v, beta, log_decay, starts, state, scale, chunk_size):
 
 def recurrent_form(q, k, v, beta, log_decay, starts, state, scale):
   """Token-by-token form (`lax.scan` over time). Arrays as prepared by `run`."""
-  inputs = {"q": q, "k": k, "v": v, "g": log_decay, "starts": starts}
-  if beta is not None:
-    inputs["beta"] = beta
+  inputs = {"q": q, "k": k, "v": v, "starts": starts}
+  for name, value in (("g", log_decay), ("beta", beta)):
+    if value is not None:
+      inputs[name] = value
 
   def step(s, token, _):
     x = jax.tree.map(lambda a: a[:, 0], token)
-    decay = jnp.where(x["starts"][:, None, None], 0.0, jnp.exp(x["g"]))  # [B, H, Dg]
+    decay = jnp.where(x["starts"][:, None, None], 0.0,
+                      jnp.exp(x["g"]) if "g" in x else 1.0)  # [B, H | 1, Dg | 1]
     s = s * decay[..., None]
     u = x["v"]
     if beta is not None:
@@ -298,9 +312,7 @@ def run(q, k, v, beta, *, log_decay, scale, initial_state, segment_ids, mode, ch
   dv = v.shape[-1]
   f32 = lambda a: None if a is None else a.astype(jnp.float32)
   scale = dk ** -0.5 if scale is None else scale
-  if log_decay is None:
-    log_decay = jnp.zeros((b, t, h, 1), jnp.float32)
-  elif log_decay.ndim == 3:
+  if log_decay is not None and log_decay.ndim == 3:
     log_decay = log_decay[..., None]
   state = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None
            else initial_state.astype(jnp.float32))

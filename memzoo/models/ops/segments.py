@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def segment_starts(segment_ids: jnp.ndarray) -> jnp.ndarray:
@@ -11,8 +12,12 @@ def segment_starts(segment_ids: jnp.ndarray) -> jnp.ndarray:
 
 
 def segment_positions(segment_ids: jnp.ndarray | None, batch: int, length: int) -> jnp.ndarray:
-  """Position of every token inside its own segment, `[B, T]` int32 (0, 1, 2, ... per document)."""
-  t = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  """Position of every token inside its own segment, `[B, T]` int32 (0, 1, 2, ... per document).
+
+  Without segments it is a numpy array, known while tracing, so that position tables (rope) are
+  built as constants instead of being recomputed inside the fused ops that read them.
+  """
+  t = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))
   if segment_ids is None:
     return t
   start_index = jnp.where(segment_starts(segment_ids), t, 0)
