@@ -17,7 +17,7 @@ from pathlib import Path
 from memzoo.experiments import hyper
 from memzoo.train.config import load_file
 
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)
 
 
 def get_config():
