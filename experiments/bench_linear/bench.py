@@ -112,14 +112,20 @@ def scaling(a) -> dict:
 
 
 def crossover(results, lengths) -> list[str]:
-  """Per linear layer: the length from which on it beats every attention row that ran there."""
+  """Per linear layer: the length from which on it beats every attention row that ran there
+  (lengths where no attention row ran are not compared)."""
+  if not any(r in ATTENTION for r in results):
+    return ["- no attention row in this run (`--layers`): no crossover"]
   lines = []
   for row in (r for r in results if r in LINEAR):
     first = None
     for length in lengths:
       ours = results[row][length]
-      rivals = [results[r][length] for r in results if r in ATTENTION]
-      faster = isinstance(ours, float) and all(ours < v for v in rivals if isinstance(v, float))
+      rivals = [v for r in results if r in ATTENTION
+                for v in [results[r][length]] if isinstance(v, float)]
+      if not rivals:  # attention stopped at a shorter length: nothing to compare here
+        continue
+      faster = isinstance(ours, float) and all(ours < v for v in rivals)
       first = (first or length) if faster else None
     lines.append(f"- {row}: " + (f"faster than attention from T = {first} on" if first else
                                  "not faster than attention at the longest length"))

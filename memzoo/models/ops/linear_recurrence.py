@@ -54,13 +54,14 @@ from memzoo.models.ops.segments import segment_starts
 SUB_CHUNK = 16  # sub-chunk of the vector-gate score computation
 
 
-def document_starts(segment_ids: jnp.ndarray | None, batch: int, length: int) -> jnp.ndarray:
-  """`[B, T]` bool: True where the state resets, i.e. the id differs from the previous token's.
+def document_starts(segment_ids: jnp.ndarray | None) -> jnp.ndarray | None:
+  """`[B, T]` bool: True where the state resets, i.e. the id differs from the previous token's;
+  None without segments.
 
   Position 0 never resets: the initial state belongs to the first document.
   """
   if segment_ids is None:
-    return jnp.zeros((batch, length), bool)
+    return None
   return segment_starts(segment_ids).at[:, 0].set(False)
 
 
@@ -153,6 +154,17 @@ def ut_transform(k, v, beta, cum_gate, sees_initial, same_doc):
   return solution[..., :dk], solution[..., dk:]
 
 
+def _document_masks(starts):
+  """`(same_doc [N, Z, C, C], sees_initial, reaches_final [N, Z, C, 1], keeps_initial [N, Z, 1])`
+  from the chunked document starts `[N, Z, C]` (module doc, "Packed documents"); with one
+  document per row (`starts` None), constants that drop out of the products."""
+  if starts is None:
+    return True, 1.0, 1.0, 1.0
+  resets = chunking.prefix_sum(starts.astype(jnp.int32))  # r, [N, Z, C]
+  return (resets[..., :, None] == resets[..., None, :], (resets == 0)[..., None],
+          (resets == resets[:, :, -1:])[..., None], (resets[:, :, -1] == 0)[..., None])
+
+
 def chunk_form(q, k, v, beta, log_decay, starts, state, scale, chunk_size):
   """Chunkwise-parallel form. Arrays as prepared by `run`; returns `(o [B,T,H,Dv], state)`.
 
@@ -161,19 +173,17 @@ def chunk_form(q, k, v, beta, log_decay, starts, state, scale, chunk_size):
   """
   b, length, h = q.shape[:3]
   rows = chunking.heads_to_rows
-  inputs = {"q": rows(q), "k": rows(k), "v": rows(v), "starts": jnp.repeat(starts, h, axis=0)}
+  inputs = {"q": rows(q), "k": rows(k), "v": rows(v)}
   for name, value in (("g", log_decay), ("beta", beta)):
     if value is not None:
       inputs[name] = rows(value)
+  if starts is not None:
+    inputs["starts"] = jnp.repeat(starts, h, axis=0)
   c, valid = chunking.split_chunks(inputs, chunk_size)
-  resets = chunking.prefix_sum(c["starts"].astype(jnp.int32))  # r, [N, Z, C]
-  same_doc = resets[..., :, None] == resets[..., None, :]
-  sees_initial = (resets == 0)[..., None]
-  reaches_final = (resets == resets[:, :, -1:])[..., None]
-  keeps_initial = (resets[:, :, -1] == 0)[..., None]
+  same_doc, sees_initial, reaches_final, keeps_initial = _document_masks(c.get("starts"))
   if log_decay is None:  # no exps to evaluate: G = 0
     cum_gate = to_end = None
-    chunk_decay = keeps_initial.astype(jnp.float32)  # [N, Z, 1]
+    chunk_decay = jnp.ones((*c["q"].shape[:2], 1), jnp.float32) * keeps_initial  # [N, Z, 1]
   else:
     cum_gate = chunking.prefix_sum(c["g"])  # G, [N, Z, C, Dg]
     end_gate = cum_gate[:, :, -1:]
@@ -213,15 +223,16 @@ def chunk_form(q, k, v, beta, log_decay, starts, state, scale, chunk_size):
 
 def recurrent_form(q, k, v, beta, log_decay, starts, state, scale):
   """Token-by-token form (`lax.scan` over time). Arrays as prepared by `run`."""
-  inputs = {"q": q, "k": k, "v": v, "starts": starts}
-  for name, value in (("g", log_decay), ("beta", beta)):
+  inputs = {"q": q, "k": k, "v": v}
+  for name, value in (("g", log_decay), ("beta", beta), ("starts", starts)):
     if value is not None:
       inputs[name] = value
 
   def step(s, token, _):
     x = jax.tree.map(lambda a: a[:, 0], token)
-    decay = jnp.where(x["starts"][:, None, None], 0.0,
-                      jnp.exp(x["g"]) if "g" in x else 1.0)  # [B, H | 1, Dg | 1]
+    decay = jnp.exp(x["g"]) if "g" in x else jnp.ones((1, 1, 1))  # [B | 1, H | 1, Dg | 1]
+    if "starts" in x:
+      decay = jnp.where(x["starts"][:, None, None], 0.0, decay)
     s = s * decay[..., None]
     u = x["v"]
     if beta is not None:
@@ -317,7 +328,7 @@ def run(q, k, v, beta, *, log_decay, scale, initial_state, segment_ids, mode, ch
   state = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None
            else initial_state.astype(jnp.float32))
   state = match_vma(state, q, k, v, beta, log_decay, segment_ids)  # a loop carry in shard_map
-  args = (f32(q), f32(k), f32(v), f32(beta), f32(log_decay), document_starts(segment_ids, b, t),
+  args = (f32(q), f32(k), f32(v), f32(beta), f32(log_decay), document_starts(segment_ids),
           state, scale)
   if mode == "recurrent":
     o, state = recurrent_form(*args)

@@ -70,7 +70,8 @@ def _diagonal_shard(q, k, v, *, log_decay, scale, continues, segment_ids, mode, 
   b, length, h, _ = q.shape
   g = (jnp.zeros((b, length, h, 1)) if log_decay is None
        else log_decay.reshape(b, length, h, -1))
-  starts = document_starts(segment_ids, b, length).at[:, 0].set(~continues)
+  starts = document_starts(segment_ids)
+  starts = (jnp.zeros((b, length), bool) if starts is None else starts).at[:, 0].set(~continues)
   sees_input = (jnp.cumsum(starts, axis=1) == 0)[..., None, None]  # [B, L, 1, 1]
   cum_gate = jnp.cumsum(g, axis=1)
   read = scale * q * jnp.exp(cum_gate) * sees_input
