@@ -66,6 +66,8 @@ class GatedDeltaNet(DeltaNet):
   Args: as DeltaNet (defaults from fla: expand_v 2, output gate on).
   """
 
+  gate = "scalar"
+
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 1.0,
                expand_v: float = 2.0, conv_size: int | None = 4, output_gate: bool = True,
                mode: str = "chunk", chunk_size: int = 64, dtype=None, param_dtype=jnp.float32,

@@ -23,7 +23,7 @@ class GatedLinearAttention(LinearMixer):
     conv_size, mode, chunk_size: see LinearMixer (fla's `use_short_conv`; off by default).
   """
 
-  vector_gate = True
+  gate = "vector"
 
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 0.5,
                expand_v: float = 1.0, gate_low_rank_dim: int = 16,

@@ -33,8 +33,8 @@ def recurrence_op(op, length: int):
 
 
 class LinearMixer(Mixer):
-  """Base class; subclasses set `op` (with its FLOP count `op_flops` and whether their decay is a
-  vector over Dk, `vector_gate`) and implement `features`.
+  """Base class; subclasses set `op` (with its FLOP count `op_flops` and the shape of their decay,
+  `gate`: None, "scalar" or "vector" over Dk) and implement `features`.
 
   Args:
     d_model: model width.
@@ -51,7 +51,7 @@ class LinearMixer(Mixer):
 
   op = staticmethod(linear_attention)
   op_flops = staticmethod(linear_attention_flops)
-  vector_gate = False
+  gate = None
 
   def __init__(self, d_model: int, num_heads: int, key_dim: int, value_dim: int, *,
                state_key_dim: int | None = None, conv_size: int | None = None,
@@ -107,7 +107,7 @@ class LinearMixer(Mixer):
   def flops(self, batch: int, seq_len: int) -> int:
     """Projections (the layer's own included), short convs, and the op in `mode`."""
     op = self.op_flops(batch, seq_len, self.num_heads, self.state_key_dim, self.value_dim,
-                       vector_gate=self.vector_gate, mode=self.mode, chunk_size=self.chunk_size)
+                       gate=self.gate, mode=self.mode, chunk_size=self.chunk_size)
     return projection_flops(self, batch * seq_len) + op
 
   def init_state(self, batch_size: int, max_len: int):

@@ -146,9 +146,10 @@ class MixtureOfMemories(Mixer):
     slots = self.top_k + int(self.shared_memory)
     length, heads = ((seq_len, count * heads) if self._form(seq_len) == "masked" else
                      (slots * seq_len, heads))
-    op = OP_FLOPS[MEMORY_OPS[self.memory_op][0]]
-    return projection_flops(self, batch * seq_len) + op(
-        batch, length, heads, key_dim, value_dim, mode=self.mode, chunk_size=self.chunk_size)
+    op, _, decays = MEMORY_OPS[self.memory_op]
+    return projection_flops(self, batch * seq_len) + OP_FLOPS[op](
+        batch, length, heads, key_dim, value_dim, gate="scalar" if decays else None,
+        mode=self.mode, chunk_size=self.chunk_size)
 
   def _form(self, seq_len: int) -> str:
     """The form `__call__` runs: the configured one, or the masked one where the mesh shards time

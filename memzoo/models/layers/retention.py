@@ -27,6 +27,8 @@ class MultiScaleRetention(LinearMixer):
     conv_size, mode, chunk_size: see LinearMixer (RetNet has no conv; off by default).
   """
 
+  gate = "scalar"
+
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 1.0,
                expand_v: float = 2.0, rope_theta: float = 10000.0, conv_size: int | None = None,
                mode: str = "chunk", chunk_size: int = 64, dtype=None,

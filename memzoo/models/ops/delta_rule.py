@@ -36,7 +36,7 @@ def delta_rule(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, beta: jnp.ndarray
 
 
 def delta_rule_flops(batch: int, length: int, heads: int, dk: int, dv: int, *,
-                     vector_gate: bool = False, mode: str = "chunk", chunk_size: int = 64) -> int:
+                     gate: str | None = None, mode: str = "chunk", chunk_size: int = 64) -> int:
   """Forward matmul FLOPs of `delta_rule` (see `linear_recurrence.flops`)."""
   return linear_recurrence.flops(batch, length, heads, dk, dv, delta=True,
-                                 vector_gate=vector_gate, mode=mode, chunk_size=chunk_size)
+                                 gate=gate, mode=mode, chunk_size=chunk_size)

@@ -37,8 +37,8 @@ def linear_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *,
 
 
 def linear_attention_flops(batch: int, length: int, heads: int, dk: int, dv: int, *,
-                           vector_gate: bool = False, mode: str = "chunk",
+                           gate: str | None = None, mode: str = "chunk",
                            chunk_size: int = 64) -> int:
   """Forward matmul FLOPs of `linear_attention` (see `linear_recurrence.flops`)."""
   return linear_recurrence.flops(batch, length, heads, dk, dv, delta=False,
-                                 vector_gate=vector_gate, mode=mode, chunk_size=chunk_size)
+                                 gate=gate, mode=mode, chunk_size=chunk_size)

@@ -244,9 +244,9 @@ def recurrent_form(q, k, v, beta, log_decay, starts, state, scale):
   return o, state
 
 
-def _scores_flops(size: int, dim: int, vector_gate: bool) -> int:
+def _scores_flops(size: int, dim: int, gate: str | None) -> int:
   """Matmul FLOPs of one `decayed_scores` call on a chunk of `size` tokens, per batch and head."""
-  if not vector_gate:
+  if gate != "vector":
     return 2 * size * size * dim
   sub = SUB_CHUNK if size % SUB_CHUNK == 0 else size
   # Blocks below the diagonal, the three-way diagonal products, and the dot placing the diagonal.
@@ -260,23 +260,27 @@ def _inverse_flops(size: int) -> int:
 
 
 def flops(batch: int, length: int, heads: int, dk: int, dv: int, *, delta: bool,
-          vector_gate: bool, mode: str, chunk_size: int) -> int:
-  """Forward matmul FLOPs of `run` (2 per multiply-add; gates, masks and exps not counted).
+          gate: str | None, mode: str, chunk_size: int) -> int:
+  """Forward matmul FLOPs of `run` (2 per multiply-add; masks and exps not counted).
 
+  `gate`: None (no decay), "scalar" (`log_decay [B, T, H]`) or "vector" (`[B, T, H, Dk]`).
   Chunk form, per chunk of C tokens and head: scores `2 C^2 Dk`, their product with the values
-  `2 C^2 Dv`, the reads from and writes to the state `2 x 2 C Dk Dv`; the delta rule adds the
-  `k k^T` scores, the block inversion, the `[W, U']` solve `2 C^2 (Dk + Dv)` and `W S`
-  `2 C Dk Dv`. Padding up to a multiple of C is computed, so counted. Recurrent form, per token
-  and head: `2 Dk Dv` for each of the read and the write, plus one for the delta rule's `k^T S`.
+  `2 C^2 Dv`, the reads from and writes to the state `2 x 2 C Dk Dv`, and with a gate its prefix
+  sum, a product with the triangular ones matrix, `2 C^2 Dg`; the delta rule adds the `k k^T`
+  scores, the block inversion, the `[W, U']` solve `2 C^2 (Dk + Dv)` and `W S` `2 C Dk Dv`.
+  Padding up to a multiple of C is computed, so counted. Recurrent form, per token and head:
+  `2 Dk Dv` for each of the read and the write, plus one for the delta rule's `k^T S`.
   """
   if mode == "recurrent":
     return batch * heads * length * (3 if delta else 2) * 2 * dk * dv
   if mode == "parallel":
     chunk_size = -(-length // SUB_CHUNK) * SUB_CHUNK
   c, chunks = chunk_size, -(-length // chunk_size)
-  per_chunk = _scores_flops(c, dk, vector_gate) + 2 * c * c * dv + 2 * 2 * c * dk * dv
+  per_chunk = _scores_flops(c, dk, gate) + 2 * c * c * dv + 2 * 2 * c * dk * dv
+  if gate is not None:
+    per_chunk += 2 * c * c * (dk if gate == "vector" else 1)
   if delta:
-    per_chunk += (_scores_flops(c, dk, vector_gate) + _inverse_flops(c) + 2 * c * c * (dk + dv)
+    per_chunk += (_scores_flops(c, dk, gate) + _inverse_flops(c) + 2 * c * c * (dk + dv)
                   + 2 * c * dk * dv)
   return batch * heads * chunks * per_chunk
 
