@@ -145,7 +145,7 @@ def decayed(x: jnp.ndarray, exponent: jnp.ndarray | None) -> jnp.ndarray:
 
 def ut_transform(k, v, beta, cum_gate, sees_initial, same_doc):
   """`(W, U')` of the delta-rule chunk form (module doc), both `[N, Z, C, Dk | Dv]`; `beta`
-  `[N, Z, C]`, the masks as in `decayed_scores`."""
+  `[N, Z, C]`, the masks as `_document_masks` gives them (`True`, `1.0` for one document)."""
   dk = k.shape[-1]
   m = decayed_scores(k, k, cum_gate, same_doc, strict=True)  # [N, Z, C, C]
   inverse = unit_lower_inverse(beta[..., None] * m)
@@ -230,10 +230,10 @@ def recurrent_form(q, k, v, beta, log_decay, starts, state, scale):
 
   def step(s, token, _):
     x = jax.tree.map(lambda a: a[:, 0], token)
-    decay = jnp.exp(x["g"]) if "g" in x else jnp.ones((1, 1, 1))  # [B | 1, H | 1, Dg | 1]
+    if "g" in x:
+      s = s * jnp.exp(x["g"])[..., None]  # g [B, H, Dg]
     if "starts" in x:
-      decay = jnp.where(x["starts"][:, None, None], 0.0, decay)
-    s = s * decay[..., None]
+      s = jnp.where(x["starts"][:, None, None, None], 0.0, s)
     u = x["v"]
     if beta is not None:
       u = x["beta"][..., None] * (u - jnp.einsum("bhk,bhkv->bhv", x["k"], s))

@@ -38,8 +38,7 @@ def delta_rule_pallas(q, k, v, beta, *, log_decay=None, scale: float | None = No
   c, _ = chunking.split_chunks({"k": rows(k32), "v": rows(v.astype(jnp.float32)),
                                 "beta": rows(beta.astype(jnp.float32)), "g": rows(g)[..., None]},
                                chunk_size)
-  one_document = jnp.ones((1, 1, chunk_size, chunk_size), bool)
-  w, u = ut_transform(c["k"], c["v"], c["beta"], jnp.cumsum(c["g"], axis=2), 1.0, one_document)
+  w, u = ut_transform(c["k"], c["v"], c["beta"], chunking.prefix_sum(c["g"]), 1.0, True)
   w, u = (chunking.rows_to_heads(x, q.shape[2])
           for x in chunking.merge_chunks((w, u), q.shape[1]))
   return chunked_recurrence(q32, k32, u, w, g, state, scale=scale, chunk_size=chunk_size,
