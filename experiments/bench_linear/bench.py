@@ -4,10 +4,13 @@ retention against torchscale's MultiScaleRetention. Writes experiments/bench_lin
   python experiments/bench_linear/bench.py                       # the full study (quiet machine)
   python experiments/bench_linear/bench.py --tiny                # seconds-long smoke run
 
-Each cell is the median over `--repeats` timed calls (after a compile call and a warm-up call) of a
-jitted forward + backward (gradients of the parameters and the input) of one mixer layer, divided
-by the tokens in the batch. A layer whose call takes longer than `--max_seconds` is not run at
-longer lengths. torchscale is timed in this process when torch and torchscale import, else under
+A cell is a jitted forward + backward (gradients of the parameters and the input) of one mixer
+layer, timed as the median of `--repeats` calls and divided by the tokens in the batch. The cells
+are timed in `--rounds` passes over the whole table (compiled in the first), and a cell's value is
+the median over the passes: on a shared host the per-token cost of one cell moves 5-20% between
+processes and minutes, and the rounds spread that drift over every cell instead of one row. A
+layer whose call takes longer than `--max_seconds` is not run at longer lengths. memzoo's and
+torchscale's retention alternate, one call of the torchscale script per round. torchscale is timed in this process when torch and torchscale import, else under
 `--torch_python` (an interpreter that has them), else skipped.
 """
 
@@ -71,9 +74,9 @@ def layer_fwd_bwd(name, options, *, d_model, num_heads, dtype):
   return fwd_bwd, params
 
 
-def time_call(fn, *args, repeats):
-  """Median wall seconds of `fn(*args)` after a compile call and a warm-up call."""
-  for _ in range(2):
+def time_call(fn, *args, repeats, warmup=2):
+  """Median wall seconds of `fn(*args)` after `warmup` untimed calls (the first one compiles)."""
+  for _ in range(warmup):
     jax.block_until_ready(fn(*args))
   runs = []
   for _ in range(repeats):
@@ -83,32 +86,66 @@ def time_call(fn, *args, repeats):
   return statistics.median(runs)
 
 
-def scaling(a) -> dict:
-  """{row: {length: microseconds per token, or a string saying why there is none}}."""
-  results = {}
+def build_cell(row, length, a):
+  """`(fwd_bwd, params, x, cotangent)` of one table cell."""
+  name, options = LAYERS[row]
+  fn, params = layer_fwd_bwd(name, options, d_model=a.d_model, num_heads=a.num_heads,
+                             dtype=a.dtype)
+  keys = jax.random.split(jax.random.key(length), 2)
+  x = jax.random.normal(keys[0], (a.batch, length, a.d_model), a.dtype)
+  return fn, params, x, jax.random.normal(keys[1], x.shape, jnp.float32)
+
+
+def scaling(a) -> tuple[dict, dict]:
+  """`({row: {length: median us/token, or why there is none}}, {row: {length: [us/token of each
+  round]}})`.
+
+  The cells are timed in `a.rounds` rounds, each visiting every cell once (compiled in the first
+  round), so that a drift of the machine reaches every cell alike; a cell's value is the median
+  over rounds of its per-round medians.
+  """
+  results = {row: {} for row in a.layers}
+  rounds = {row: {} for row in a.layers}
+  cells, stopped = {}, {}
+  for r in range(a.rounds):
+    for row in a.layers:
+      for length in a.lengths:
+        if row in stopped:
+          results[row].setdefault(length, stopped[row])
+          continue
+        try:
+          if r == 0:
+            cells[row, length] = build_cell(row, length, a)
+          seconds = time_call(*cells[row, length], repeats=a.repeats, warmup=2 if r == 0 else 1)
+        except Exception as e:  # noqa: BLE001  (out of memory, or an impl that has not landed)
+          results[row][length] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+          stopped[row] = "skipped (failed at a shorter T)"
+          cells.pop((row, length), None)
+          continue
+        rounds[row].setdefault(length, []).append(1e6 * seconds / (a.batch * length))
+        if seconds > a.max_seconds:
+          stopped[row] = f"skipped (> {a.max_seconds:g} s at a shorter T)"
+        print(f"round {r + 1} {row:20s} T={length:6d} {rounds[row][length][-1]:10.3f} us/token",
+              flush=True)
   for row in a.layers:
-    name, options = LAYERS[row]
-    results[row], stop = {}, None
-    for length in a.lengths:
-      if stop:
-        results[row][length] = stop
-        continue
-      try:
-        fn, params = layer_fwd_bwd(name, options, d_model=a.d_model, num_heads=a.num_heads,
-                                   dtype=a.dtype)
-        keys = jax.random.split(jax.random.key(length), 2)
-        x = jax.random.normal(keys[0], (a.batch, length, a.d_model), a.dtype)
-        cotangent = jax.random.normal(keys[1], x.shape, jnp.float32)
-        seconds = time_call(fn, params, x, cotangent, repeats=a.repeats)
-      except Exception as e:  # noqa: BLE001  (out of memory, or an impl that has not landed)
-        results[row][length] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
-        stop = "skipped (failed at a shorter T)"
-        continue
-      results[row][length] = 1e6 * seconds / (a.batch * length)
-      if seconds > a.max_seconds:
-        stop = f"skipped (> {a.max_seconds:g} s at a shorter T)"
-      print(f"{row:20s} T={length:6d} {results[row][length]:10.3f} us/token", flush=True)
-  return results
+    for length, values in rounds[row].items():
+      results[row][length] = statistics.median(values)
+  return results, rounds
+
+
+def flatness(results, rounds, lengths, start) -> list[str]:
+  """Per linear layer: the change of the per-token cost from T=`start` (the shortest length if
+  `start` was not run) to the longest T, of the medians and within each round."""
+  first, last = (start if start in lengths else lengths[0]), lengths[-1]
+  lines = []
+  for row in (r for r in results if r in LINEAR):
+    if not all(isinstance(results[row].get(t), float) for t in (first, last)):
+      continue
+    change = results[row][last] / results[row][first] - 1
+    per_round = [b / a - 1 for a, b in zip(rounds[row][first], rounds[row][last])]
+    lines.append(f"- {row}: {100 * change:+.0f}% from T={first} to T={last} (rounds: "
+                 + ", ".join(f"{100 * c:+.0f}%" for c in per_round) + ")")
+  return lines
 
 
 def crossover(results, lengths) -> list[str]:
@@ -153,24 +190,37 @@ def torchscale(a) -> dict | str:
 
 
 def versus_torchscale(a) -> list[str]:
+  """memzoo's retention and torchscale's, alternating for `a.rounds` rounds."""
   fn, params = layer_fwd_bwd("retention", {}, d_model=a.d_model, num_heads=a.num_heads,
                              dtype=a.dtype)
   keys = jax.random.split(jax.random.key(0), 2)
   x = jax.random.normal(keys[0], (a.ts_batch, a.ts_length, a.d_model), a.dtype)
-  ours = time_call(fn, params, x, jax.random.normal(keys[1], x.shape), repeats=a.repeats)
-  theirs = torchscale(a)
+  cotangent = jax.random.normal(keys[1], x.shape)
+  ours, theirs = [], []
+  for r in range(a.rounds):
+    ours.append(time_call(fn, params, x, cotangent, repeats=a.repeats, warmup=2 if r == 0 else 1))
+    theirs.append(torchscale(a))
+    if not isinstance(theirs[-1], dict):
+      break
   head = (f"Retention fwd+bwd, d_model {a.d_model}, value dim {2 * a.d_model}, {a.num_heads} heads,"
-          f" B{a.ts_batch} x T{a.ts_length}:")
-  lines = [head, "", "| implementation | seconds (median) |", "|---|---|",
-           f"| memzoo retention (chunk form, chunk 64, {a.dtype}) | {ours:.4f} |"]
-  if isinstance(theirs, dict):
-    precision = "bf16 autocast" if theirs["dtype"] == "bfloat16" else "float32"
-    lines += [f"| torchscale MultiScaleRetention (chunkwise, chunk {theirs['chunk_size']}, "
-              f"{precision}; torch {theirs['torch']}, {theirs['threads']} threads) | "
-              f"{theirs['seconds']:.4f} |", "", f"Speed-up: {theirs['seconds'] / ours:.2f}x."]
-  else:
-    lines += ["", f"torchscale: {theirs}."]
-  return lines
+          f" B{a.ts_batch} x T{a.ts_length}, {len(ours)} alternating round(s), median of "
+          f"{a.repeats} calls each:")
+  seconds = lambda values: " / ".join(f"{v:.4f}" for v in values)
+  lines = [head, "", "| implementation | seconds per round | median |", "|---|---|---|",
+           f"| memzoo retention (chunk form, chunk 64, {a.dtype}) | {seconds(ours)} | "
+           f"{statistics.median(ours):.4f} |"]
+  if not isinstance(theirs[-1], dict):
+    return lines + ["", f"torchscale: {theirs[-1]}."]
+  ts = [t["seconds"] for t in theirs]
+  info = theirs[0]
+  precision = "bf16 autocast" if info["dtype"] == "bfloat16" else "float32"
+  ratios = [t / o for o, t in zip(ours, ts)]
+  return lines + [
+      f"| torchscale MultiScaleRetention (chunkwise, chunk {info['chunk_size']}, {precision}; "
+      f"torch {info['torch']}, {info['threads']} threads) | {seconds(ts)} | "
+      f"{statistics.median(ts):.4f} |", "",
+      f"Speed-up: {statistics.median(ts) / statistics.median(ours):.2f}x (per round: "
+      + ", ".join(f"{r:.2f}x" for r in ratios) + ")."]
 
 
 def table(results, lengths) -> list[str]:
@@ -190,7 +240,9 @@ def main():
   parser.add_argument("--d_model", type=int, default=384)
   parser.add_argument("--num_heads", type=int, default=6)
   parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=5, help="timed calls per cell and round")
+  parser.add_argument("--rounds", type=int, default=3, help="passes over all cells (module doc)")
+  parser.add_argument("--flat_from", type=int, default=1024, help="start of the flatness span")
   parser.add_argument("--max_seconds", type=float, default=60.0)
   parser.add_argument("--ts_batch", type=int, default=2)
   parser.add_argument("--ts_length", type=int, default=1024)
@@ -201,7 +253,7 @@ def main():
   a = parser.parse_args()
   distributed.apply_cpu_flags()  # what memzoo-train runs with
   if a.tiny:
-    a.lengths, a.d_model, a.num_heads, a.repeats = "64,128", 32, 2, 1
+    a.lengths, a.d_model, a.num_heads, a.repeats, a.rounds = "64,128", 32, 2, 1, 2
     a.ts_batch, a.ts_length, a.ts_chunk_size = 1, 64, 32
   a.lengths = [int(t) for t in a.lengths.split(",")]
   a.layers = a.layers.split(",")
@@ -211,10 +263,13 @@ def main():
   a.dtype = jnp.dtype(a.dtype)
 
   print(f"Machine: {machine()}", flush=True)
-  results = scaling(a)
-  lines = [f"Machine: {machine()}.", "", f"Command: `python {' '.join(sys.argv)}`.", "",
+  results, rounds = scaling(a)
+  lines = [f"Machine: {machine()}.", "", f"Command: `python {' '.join(sys.argv)}` "
+           f"({time.strftime('%Y-%m-%d %H:%M')}).", "",
            f"## fwd+bwd microseconds per token (B={a.batch}, d_model {a.d_model}, {a.num_heads} "
-           f"heads, {a.dtype}, median of {a.repeats})", "", *table(results, a.lengths), "",
+           f"heads, {a.dtype}, median over {a.rounds} rounds of the median of {a.repeats})", "",
+           *table(results, a.lengths), "", "Change of the per-token cost with T (target: within 15% from 1K to 16K):", "",
+           *flatness(results, rounds, a.lengths, a.flat_from), "",
            "Crossover:", "", *crossover(results, a.lengths), "",
            "## Retention vs torchscale", "", *versus_torchscale(a)]
   Path(a.out).write_text("\n".join(lines) + "\n")

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from memzoo.train.mfu import host_cpu
+
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 NANOGPT_ISSUE = {"val_loss": 1.886, "wall_s": 208.0}  # issue 2's measurement on its machine
@@ -102,8 +104,8 @@ def main():
       peers.append(peer_once(args.torch_python))
   wall = statistics.median(r["wall_s"] for r in runs)
   lines = [
-      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-      f"Python {platform.python_version()}. Command: `python {' '.join(sys.argv)}`.", "",
+      f"Machine: {host_cpu()}, Python {platform.python_version()}, "
+      f"{time.strftime('%Y-%m-%d %H:%M')}. Command: `python {' '.join(sys.argv)}`.", "",
       "| run | wall time (s), incl. start-up and compile | val loss @2000 (20 batches) | "
       "val loss @2000 (200 batches) |", "|---|---|---|---|",
       *[f"| memzoo {i + 1} | {r['wall_s']:.1f} | {r['val'][2000]:.4f} | {r['val_200']:.4f} |"
