@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.models.layers import registry
-from memzoo.train import distributed
+from memzoo.train import distributed, huge_pages
 
 HERE = Path(__file__).parent
 LAYERS = {  # table row -> (registered mixer, its options)
@@ -233,6 +233,7 @@ def table(results, lengths) -> list[str]:
 
 
 def main():
+  huge_pages.exec_with_huge_pages()  # as memzoo-train runs; torchscale inherits it
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
   parser.add_argument("--layers", default=",".join(LAYERS), help=f"from {list(LAYERS)}")

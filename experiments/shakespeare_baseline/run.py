@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from memzoo.train import huge_pages
 from memzoo.train.mfu import host_cpu
 
 HERE = Path(__file__).parent
@@ -90,6 +91,7 @@ with run.context():
 
 
 def main():
+  huge_pages.exec_with_huge_pages()  # memzoo-train's setting, for the peer too
   parser = argparse.ArgumentParser()
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--torch_python", help="interpreter with torch, for nanogpt_peer.py")

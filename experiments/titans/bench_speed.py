@@ -23,7 +23,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from memzoo.models.layers.neural_memory import NeuralMemory  # noqa: E402
-from memzoo.train import distributed  # noqa: E402
+from memzoo.train import distributed, huge_pages  # noqa: E402
 
 
 def timed(fn, runs: int, warmup: int) -> tuple[float, list[float]]:
@@ -82,6 +82,7 @@ def torch_case(args):
 
 
 def main():
+  huge_pages.exec_with_huge_pages()  # as memzoo-train runs; torch shares the process
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--seq", type=int, default=1024)

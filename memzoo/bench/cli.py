@@ -25,7 +25,7 @@ from memzoo.bench import mixers as mixer_bench
 from memzoo.bench import report, timing
 from memzoo.bench import train_step as train_bench
 from memzoo.models.layers import registry
-from memzoo.train import distributed, mfu
+from memzoo.train import distributed, huge_pages, mfu
 
 SUITES = ("peak", "mixers", "decode", "train")
 QUICK = dict(lengths=[32, 64], contexts=[16, 32], d_model=32, num_heads=2, repeats=1,
@@ -127,6 +127,7 @@ def run_decode(a, log) -> dict:
 
 
 def main(argv=None) -> None:
+  huge_pages.exec_with_huge_pages()
   a = parse(argv)
   distributed.apply_cpu_flags()  # what memzoo-train runs with
   log = lambda line: print(line, flush=True)

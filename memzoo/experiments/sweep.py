@@ -32,6 +32,7 @@ import memzoo
 from memzoo.errors import UserError
 from memzoo.experiments import cli, hyper
 from memzoo.train import config as config_lib
+from memzoo.train import huge_pages
 
 TRAIN_MODULE = "memzoo.train"
 SOURCE_ROOT = Path(memzoo.__file__).resolve().parents[1]  # put on PYTHONPATH for the runs
@@ -248,7 +249,8 @@ def main(argv=None) -> None:
 
 
 def console_main() -> None:
-  """The `memzoo-sweep` console script."""
+  """The `memzoo-sweep` console script (its runs inherit its huge-page setting)."""
+  huge_pages.exec_with_huge_pages()
   cli.run(main)
 
 

@@ -17,6 +17,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from memzoo.errors import UserError
+from memzoo.train import huge_pages
 
 DEFAULT_CONFIG = "configs/shakespeare_char.py"
 
@@ -121,6 +122,7 @@ def _train_flags(values, argv):
 
 
 def train_main() -> None:
+  huge_pages.exec_with_huge_pages()
   run_app(_train_flags)
 
 
@@ -147,4 +149,5 @@ def _sample_flags(values, argv):
 
 
 def sample_main() -> None:
+  huge_pages.exec_with_huge_pages()
   run_app(_sample_flags)
