@@ -8,11 +8,12 @@ its tunables only when a process starts, hence the re-execution; child processes
 a benchmark's peer) inherit the setting.
 
 Measured on an AMD EPYC host (Zen 4, 2 cores, THP in `madvise` mode; jax 0.10.2; session 15,
-experiments/bench/README.md): the default float32 train step of the MFU benchmark 5.85 -> 5.33 s
-(62.6% -> 68.7% of the matmul peak), a Gated DeltaNet layer's fwd+bwd at T=16K 156 -> 121 us per
-token, retention at B2 x T1024 ~0.138 -> ~0.110 s. The matmuls alone do not change; the
-elementwise passes and the many mid-sized temporaries stop paying for 4 KiB page faults and TLB
-misses.
+experiments/bench/README.md, experiments/bench_linear/README.md): the float32 train step of the
+MFU benchmark, the setting alternating, 5.92 / 6.02 -> 5.44 / 5.57 s; fwd+bwd per token at T=16K
+in the two runs of the linear-layer benchmark without / with it, retention 74.6 -> 62.0 us, Gated
+DeltaNet 158.0 -> 124.6 us. A single matmul does not change; what gains is the rest, the
+elementwise passes and mid-sized temporaries (by all signs the cost of 4 KiB pages: faults on
+fresh buffers and TLB misses; not profiled further).
 
 Nothing happens off Linux / glibc, when the kernel's THP mode is `never`, when `GLIBC_TUNABLES`
 already sets `glibc.malloc.hugetlb` (the user's choice stands), or with `MEMZOO_HUGE_PAGES=0`.
