@@ -42,3 +42,14 @@ def test_reexecutes_the_same_command_once():
                        capture_output=True, text=True).stdout.splitlines()
   # Started twice (the second time with the tunable set), re-executed once, argv kept.
   assert out == ["start", "start", "glibc.malloc.hugetlb=1 ['x', '--flag=1']"]
+
+
+def test_describe(monkeypatch, tmp_path):
+  mode = tmp_path / "enabled"
+  mode.write_text(MADVISE)
+  monkeypatch.setattr(huge_pages, "THP_MODE_FILE", mode)
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+  assert huge_pages.describe() == "glibc.malloc.hugetlb=1, THP madvise"
+  monkeypatch.delenv("GLIBC_TUNABLES")
+  monkeypatch.setattr(huge_pages, "THP_MODE_FILE", tmp_path / "missing")
+  assert huge_pages.describe() == "glibc.malloc.hugetlb unset, THP absent"

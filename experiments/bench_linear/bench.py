@@ -16,8 +16,6 @@ torchscale's retention alternate, one call of the torchscale script per round. t
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memzoo.bench.timing import machine
 from memzoo.models.layers import registry
 from memzoo.train import distributed, huge_pages
 
@@ -43,19 +42,6 @@ LAYERS = {  # table row -> (registered mixer, its options)
 }
 LINEAR = ("retention", "linear_attention", "gla", "deltanet", "gated_deltanet")
 ATTENTION = ("attention_naive", "attention_blockwise")
-
-
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  if Path("/proc/cpuinfo").exists():
-    models = [l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-              if l.startswith("model name")]
-    cpu = models[0] if models else cpu
-  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-  devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-  return (f"{cpu}; {os.cpu_count()} cores; {memory:.0f} GiB RAM; {platform.platform()}; "
-          f"python {platform.python_version()}; jax {jax.__version__} on {jax.default_backend()} "
-          f"({jax.device_count()} x {devices})")
 
 
 def layer_fwd_bwd(name, options, *, d_model, num_heads, dtype):

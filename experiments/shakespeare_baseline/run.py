@@ -106,7 +106,7 @@ def main():
       peers.append(peer_once(args.torch_python))
   wall = statistics.median(r["wall_s"] for r in runs)
   lines = [
-      f"Machine: {host_cpu()}, Python {platform.python_version()}, "
+      f"Machine: {host_cpu()} ({huge_pages.describe()}), Python {platform.python_version()}, "
       f"{time.strftime('%Y-%m-%d %H:%M')}. Command: `python {' '.join(sys.argv)}`.", "",
       "| run | wall time (s), incl. start-up and compile | val loss @2000 (20 batches) | "
       "val loss @2000 (200 batches) |", "|---|---|---|---|",

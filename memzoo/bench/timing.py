@@ -14,14 +14,15 @@ from typing import Callable, NamedTuple
 
 import jax
 
+from memzoo.train import huge_pages
 from memzoo.train.mfu import host_cpu
 
 
 def machine() -> str:
-  """One line: CPU, memory, OS, Python, JAX and its devices."""
+  """One line: CPU, memory, huge pages, OS, Python, JAX and its devices."""
   memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
   devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-  return (f"{host_cpu()}; {memory:.0f} GiB RAM; {platform.platform()}; "
+  return (f"{host_cpu()}; {memory:.0f} GiB RAM ({huge_pages.describe()}); {platform.platform()}; "
           f"python {platform.python_version()}; jax {jax.__version__} on {jax.default_backend()} "
           f"({jax.device_count()} x {devices})")
 

@@ -48,17 +48,30 @@ def _glibc() -> bool:
     return False
 
 
+def _thp_mode() -> str | None:
+  try:
+    return THP_MODE_FILE.read_text()
+  except OSError:
+    return None
+
+
+def describe() -> str:
+  """This process's setting for a benchmark's machine line, e.g. `glibc.malloc.hugetlb=1, THP
+  madvise`."""
+  tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
+  setting = next((t for t in tunables if t.startswith(f"{TUNABLE}=")), f"{TUNABLE} unset")
+  mode = _thp_mode()
+  chosen = mode[mode.index("[") + 1:mode.index("]")] if mode and "[" in mode else "absent"
+  return f"{setting}, THP {chosen}"
+
+
 def exec_with_huge_pages() -> None:
   """Re-executes the running command (`sys.orig_argv`) with huge pages on, when
   `tunables_with_huge_pages` says to; otherwise, or if the exec fails, returns and the command goes
   on as it is. Call it first thing in a command line's main, before any work worth keeping."""
   if not sys.platform.startswith("linux") or not _glibc():
     return
-  try:
-    thp_mode = THP_MODE_FILE.read_text()
-  except OSError:
-    thp_mode = None
-  tunables = tunables_with_huge_pages(os.environ, thp_mode)
+  tunables = tunables_with_huge_pages(os.environ, _thp_mode())
   argv = getattr(sys, "orig_argv", None)
   if tunables is None or not argv or not sys.executable:
     return
