@@ -8,10 +8,11 @@ A cell is a jitted forward + backward (gradients of the parameters and the input
 layer, timed as the median of `--repeats` calls and divided by the tokens in the batch. The cells
 are timed in `--rounds` passes over the whole table (compiled in the first), and a cell's value is
 the median over the passes: on a shared host the per-token cost of one cell moves 5-20% between
-processes and minutes, and the rounds spread that drift over every cell instead of one row. A
-layer whose call takes longer than `--max_seconds` is not run at longer lengths. memzoo's and
-torchscale's retention alternate, one call of the torchscale script per round. torchscale is timed in this process when torch and torchscale import, else under
-`--torch_python` (an interpreter that has them), else skipped.
+processes and minutes, and the rounds spread that drift over every cell instead of one row. A layer
+whose call takes longer than `--max_seconds` is not run at longer lengths. memzoo's and torchscale's
+retention alternate, one call of the torchscale script per round. torchscale is timed in this
+process when torch and torchscale import, else under `--torch_python` (an interpreter that has
+them), else skipped.
 """
 
 import argparse
@@ -96,8 +97,10 @@ def scaling(a) -> tuple[dict, dict]:
   for r in range(a.rounds):
     for row in a.layers:
       for length in a.lengths:
-        if row in stopped:
-          results[row].setdefault(length, stopped[row])
+        if r == 0 and row in stopped:
+          results[row][length] = stopped[row]
+          continue
+        if r > 0 and (row, length) not in cells:  # not run in the first round
           continue
         try:
           if r == 0:
