@@ -1,8 +1,11 @@
-"""The start-up report: mesh, per-device bytes of the train state, the compiled step's memory."""
+"""The start-up report: mesh, per-device bytes of the train state, host memory pages, the
+compiled step's memory."""
 
 import math
 
 import jax
+
+from memzoo.train import huge_pages
 
 
 def per_device_bytes(abstract_tree) -> int:
@@ -23,7 +26,8 @@ def describe(mesh, abstract_state, compiled_step) -> str:
   lines = [f"mesh: {axes} ({mesh.size} devices, {jax.process_count()} processes, "
            f"{jax.devices()[0].platform})",
            f"per device: params {_mib(per_device_bytes(abstract_state.params))}, "
-           f"optimizer state {_mib(per_device_bytes(abstract_state.opt_state))}"]
+           f"optimizer state {_mib(per_device_bytes(abstract_state.opt_state))}",
+           f"host memory pages: {huge_pages.describe()}"]
   memory = compiled_step.memory_analysis()
   if memory is not None:
     lines.append(f"compiled step per device: arguments {_mib(memory.argument_size_in_bytes)}, "
