@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from memzoo.bench.timing import machine
+from memzoo.bench.timing import machine, time_call
 from memzoo.models.layers import registry
 from memzoo.train import distributed, huge_pages
 
@@ -59,18 +59,6 @@ def layer_fwd_bwd(name, options, *, d_model, num_heads, dtype):
     return jax.grad(loss, argnums=(0, 1))(params, x)
 
   return fwd_bwd, params
-
-
-def time_call(fn, *args, repeats, warmup=2):
-  """Median wall seconds of `fn(*args)` after `warmup` untimed calls (the first one compiles)."""
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  runs = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    runs.append(time.perf_counter() - t0)
-  return statistics.median(runs)
 
 
 def build_cell(row, length, a):
@@ -105,7 +93,8 @@ def scaling(a) -> tuple[dict, dict]:
         try:
           if r == 0:
             cells[row, length] = build_cell(row, length, a)
-          seconds = time_call(*cells[row, length], repeats=a.repeats, warmup=2 if r == 0 else 1)
+          seconds = time_call(*cells[row, length], repeats=a.repeats,
+                              warmup=2 if r == 0 else 1).wall
         except Exception as e:  # noqa: BLE001  (out of memory, or an impl that has not landed)
           results[row][length] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
           stopped[row] = "skipped (failed at a shorter T)"
@@ -187,7 +176,8 @@ def versus_torchscale(a) -> list[str]:
   cotangent = jax.random.normal(keys[1], x.shape)
   ours, theirs = [], []
   for r in range(a.rounds):
-    ours.append(time_call(fn, params, x, cotangent, repeats=a.repeats, warmup=2 if r == 0 else 1))
+    ours.append(time_call(fn, params, x, cotangent, repeats=a.repeats,
+                          warmup=2 if r == 0 else 1).wall)
     theirs.append(torchscale(a))
     if not isinstance(theirs[-1], dict):
       break
@@ -258,7 +248,8 @@ def main():
            f"({time.strftime('%Y-%m-%d %H:%M')}).", "",
            f"## fwd+bwd microseconds per token (B={a.batch}, d_model {a.d_model}, {a.num_heads} "
            f"heads, {a.dtype}, median over {a.rounds} rounds of the median of {a.repeats})", "",
-           *table(results, a.lengths), "", "Change of the per-token cost with T (target: within 15% from 1K to 16K):", "",
+           *table(results, a.lengths), "",
+           "Change of the per-token cost with T (target: within 15% from 1K to 16K):", "",
            *flatness(results, rounds, a.lengths, a.flat_from), "",
            "Crossover:", "", *crossover(results, a.lengths), "",
            "## Retention vs torchscale", "", *versus_torchscale(a)]
