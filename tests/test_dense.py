@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from memzoo.models.ops.dense import contract, matmul, matmul_transposed
+from memzoo.models.ops.dense import contract, einsum, matmul, matmul_transposed
 from memzoo.models.ops.swiglu import swiglu
 
 _dims = st.lists(st.integers(1, 6), min_size=1, max_size=2)
@@ -50,6 +50,30 @@ def test_batched_matmuls_match_autodiff_float64(lead, n, i, o, seed):
       for a, b in zip(got_vjp(cotangent), want_vjp(cotangent)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=op.__name__)
 
+
+
+# Two-operand specs with their operands' shapes as letters: the memory's dual-form products, a
+# transposed operand on either side, a contraction over the leading (token) axis, an outer product.
+_SPECS = ("bhci,bhpi->bhcp", "bhcp,bhpo->bhco", "bhpi,bhpo->bhio", "ij,jk->ik", "ji,kj->ik",
+          "ij,kj->ki", "pi,po->io", "i,j->ij")
+
+
+@settings(deadline=None, max_examples=16)
+@given(spec=st.sampled_from(_SPECS), sizes=st.lists(st.integers(1, 6), min_size=7, max_size=7),
+       seed=st.integers(0, 2 ** 16))
+def test_einsum_matches_jnp_einsum_autodiff_float64(spec, sizes, seed):
+  rng = np.random.default_rng(seed)
+  size = dict(zip("bhcpioj", sizes)) | {"k": sizes[0]}
+  operands, out = spec.split("->")
+  with jax.enable_x64(True):
+    x, y = (jnp.asarray(rng.standard_normal([size[a] for a in s])) for s in operands.split(","))
+    cotangent = jnp.asarray(rng.standard_normal([size[a] for a in out]))
+    got, got_vjp = jax.vjp(lambda x, y: einsum(spec, x, y), x, y)
+    want, want_vjp = jax.vjp(lambda x, y: jnp.einsum(spec, x, y), x, y)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(("x", "y"), got_vjp(cotangent), want_vjp(cotangent)):
+      assert a.shape == b.shape, (spec, name)
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=f"{spec} {name}")
 
 def _dot_operand_types(hlo: str) -> list[str]:
   """Element types of the operands of every dot in compiled HLO text."""

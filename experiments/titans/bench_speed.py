@@ -5,7 +5,9 @@ Both sides: one head of width `dim`, a 2-layer MLP memory with expansion 4, mome
 and `chunk_size` tokens per chunk. titans-pytorch takes every gradient at the incoming weights
 (`batch_size=None`), memzoo moves the gradient point every chunk (the paper's mini-batch rule).
 The loss is `sum(y * c)` for a fixed random `c`; gradients flow to the input and all parameters.
-The torch side is skipped when torch or titans_pytorch is not importable.
+The torch side is skipped when torch or titans_pytorch is not importable. The last column gives
+the matmul FLOPs of one forward call of each (memzoo's analytic count, titans-pytorch's counted by
+torch.utils.flop_counter), from which the table's times give each side's FLOP rate.
 
   python experiments/titans/bench_speed.py                 # B2 x T1024, dim 384, chunk 64
   python experiments/titans/bench_speed.py --tiny          # smoke test on tiny sizes
@@ -53,7 +55,8 @@ def memzoo_case(args):
       return jnp.sum(layer(x).astype(jnp.float32) * cot)
     return nnx.grad(loss, argnums=(0, 1))(layer, x)
 
-  return lambda: jax.block_until_ready(fwd_bwd(layer, x)), str(jax.devices()[0])
+  run = lambda: jax.block_until_ready(fwd_bwd(layer, x))
+  return run, str(jax.devices()[0]), layer.flops(args.batch, args.seq)
 
 
 def torch_case(args):
@@ -61,7 +64,7 @@ def torch_case(args):
     import torch
     from titans_pytorch import NeuralMemory as TorchNeuralMemory
   except ImportError as e:
-    return None, f"skipped ({e})"
+    return None, f"skipped ({e})", None
   device = "cuda" if torch.cuda.is_available() else "cpu"
   dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
   torch.manual_seed(0)
@@ -78,7 +81,10 @@ def torch_case(args):
     if device == "cuda":
       torch.cuda.synchronize()
 
-  return fwd_bwd, device
+  from torch.utils.flop_counter import FlopCounterMode
+  with FlopCounterMode(display=False) as counter:  # matmul FLOPs of one forward
+    memory(x)
+  return fwd_bwd, device, counter.get_total_flops()
 
 
 def main():
@@ -100,16 +106,18 @@ def main():
   print(f"fwd+bwd, B{args.batch} x T{args.seq}, dim {args.dim}, chunk {args.chunk}, {args.dtype}, "
         f"median of {args.runs} runs after {args.warmup} warm-up")
   print(f"{'implementation':<34} {'device':<16} {'first call s':>12} {'median ms':>10} "
-        f"{'min ms':>8}")
+        f"{'min ms':>8} {'fwd GFLOP':>10}")
   for name, case in (("memzoo lmm (jax)", memzoo_case),
                      ("titans-pytorch NeuralMemory", torch_case)):
-    fn, device = case(args)
+    fn, device, flops = case(args)
     if fn is None:
       print(f"{name:<34} {device}")
       continue
     first, times = timed(fn, args.runs, args.warmup)
     print(f"{name:<34} {device:<16} {first:>12.2f} {1e3 * statistics.median(times):>10.1f} "
-          f"{1e3 * min(times):>8.1f}")
+          f"{1e3 * min(times):>8.1f} {flops / 1e9:>10.2f}")
+  print("fwd GFLOP: matmul FLOPs of one forward call; memzoo's analytic (`NeuralMemory.flops`), "
+        "titans-pytorch's counted by torch.utils.flop_counter.")
 
 
 if __name__ == "__main__":

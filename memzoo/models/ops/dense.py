@@ -10,7 +10,13 @@ stay row-major.
 `contract` is the dense layer's `x @ W` over trailing axes. `matmul` / `matmul_transposed` are the
 batched products of per-(sequence, head) weights (the Titans memory MLP, `[B, H, I, O]`), where
 autodiff produced the weight gradient transposed and added it to the scan's carry cotangent
-column by column; `w @ x^T` replaces `x @ w^T` so that only the token-side operand is transposed.
+column by column; there `w @ x^T` replaces `x @ w^T` so that only the token-side operand is
+transposed, except where that operand would be written transposed by the elementwise chain that
+produces it (`matmul`'s `dx`).
+`einsum` is any two-operand product whose operands' cotangents must come out in the operands' own
+layouts (autodiff computes a cotangent as `dot(ct, other)` and transposes it when the operand's
+contracted axis precedes its kept one, as for the `[C, P] @ [P, O]` products of the memory's dual
+form; the transpose then lands in the elementwise backward that consumes it).
 
 Low precision: `dot` accumulates in float32 and rounds the result to the inputs' dtype, as bf16
 training does on every backend. On CPU it also decides the speed: XLA:CPU (jax 0.10.2) runs a bf16
@@ -70,6 +76,37 @@ def _backward(num_in, residuals, dy):
 contract.defvjp(_forward, _backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def einsum(spec: str, x, y):
+  """`jnp.einsum(spec, x, y)` for a two-operand `spec` with an explicit output ("ij,jk->ik"), whose
+  cotangents are einsums ordered so that each comes out of its dot in the operand's layout."""
+  return jnp.einsum(spec, x, y)
+
+
+def _einsum_forward(spec, x, y):
+  return jnp.einsum(spec, x, y), (x, y)
+
+
+def _cotangent(target: str, ct_spec: str, ct, other_spec: str, other):
+  """`einsum(ct_spec, other_spec -> target)`, with the operand that owns target's first axis that
+  is not shared by both (a dot puts the lhs's free axes first) as the lhs."""
+  first_free = next((a for a in target if not (a in ct_spec and a in other_spec)), None)
+  if first_free is not None and first_free in other_spec:
+    return jnp.einsum(f"{other_spec},{ct_spec}->{target}", other, ct)
+  return jnp.einsum(f"{ct_spec},{other_spec}->{target}", ct, other)
+
+
+def _einsum_backward(spec, residuals, ct):
+  x, y = residuals
+  operands, out = spec.split("->")
+  x_spec, y_spec = operands.split(",")
+  return (_cotangent(x_spec, out, ct, y_spec, y).astype(x.dtype),
+          _cotangent(y_spec, out, ct, x_spec, x).astype(y.dtype))
+
+
+einsum.defvjp(_einsum_forward, _einsum_backward)
+
+
 def _t(x):
   return jnp.swapaxes(x, -1, -2)
 
@@ -82,7 +119,9 @@ def _times_transposed(x, w):
 @jax.custom_vjp
 def matmul(x, w):
   """Batched `x [..., N, I] @ w [..., I, O] -> [..., N, O]` (equal leading axes); backward
-  `dw = x^T @ dy`, `dx = dy @ w^T`, with the small token-side operand transposed."""
+  `dw = x^T @ dy` (x, a stored input, transposed) and `dx = dy @ w^T` (w transposed: dy comes
+  out of an activation's backward, which XLA would otherwise write out transposed, element by
+  element, for `w @ dy^T`)."""
   return x @ w
 
 
@@ -92,7 +131,7 @@ def _matmul_forward(x, w):
 
 def _matmul_backward(residuals, dy):
   x, w = residuals
-  return _times_transposed(dy, w), _t(x) @ dy
+  return dy @ _t(w), _t(x) @ dy
 
 
 matmul.defvjp(_matmul_forward, _matmul_backward)

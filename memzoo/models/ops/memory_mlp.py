@@ -154,8 +154,8 @@ def dual_read(queries: jnp.ndarray, coefs: Sequence[jnp.ndarray], bases: Sequenc
   z = queries
   for i in range(len(inputs)):
     h = sum(c[..., None] * _matmul(z, base[i]) for c, base in zip(coefs, bases))
-    scores = mixing * jnp.einsum("bhci,bhpi->bhcp", z, inputs[i])
-    z = h - jnp.einsum("bhcp,bhpo->bhco", scores, deltas[i])
+    scores = mixing * dense.einsum("bhci,bhpi->bhcp", z, inputs[i])
+    z = h - dense.einsum("bhcp,bhpo->bhco", scores, deltas[i])
     if i < len(inputs) - 1:
       z = act(z)
   return z + queries if residual else z

@@ -37,7 +37,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from memzoo.models.ops import memory_mlp
+from memzoo.models.ops import dense, memory_mlp
 from memzoo.models.ops.chunking import chunked_scan, merge_chunks, scan_chunks, split_chunks
 from memzoo.models.ops.segments import segment_starts
 
@@ -118,8 +118,11 @@ def _weighted_gradients(rule: _Rule, anchor: Weights, keys, values, sample_weigh
 
 def _outer_sum(coef, inputs, deltas):
   """`sum_p coef[.., p] a_p d_p^T` per layer; `coef [B, H, P]` or `[B, H, N, P]` (then per N)."""
-  if coef.ndim == 3:
-    return tuple(jnp.einsum("bhp,bhpi,bhpo->bhio", coef, a, d) for a, d in zip(inputs, deltas))
+  if coef.ndim == 3:  # the coefficients scale the narrower factor
+    scaled = lambda x: x * coef[..., None]
+    return tuple(dense.einsum("bhpi,bhpo->bhio", *((scaled(a), d) if a.shape[-1] <= d.shape[-1]
+                                                     else (a, scaled(d))))
+                 for a, d in zip(inputs, deltas))
   return tuple(jnp.einsum("bhnp,bhpi,bhpo->bhnio", coef, a, d) for a, d in zip(inputs, deltas))
 
 
@@ -433,9 +436,10 @@ def neural_memory_flops(batch: int, length: int, heads: int, shapes: Sequence[tu
     sums of the end-of-chunk weights and momentum, or, with Muon, per-token momenta, their
     Newton-Schulz, weights and reads.
 
-  A sum of gradients weighted by N coefficient rows (`_outer_sum`) is a three-operand einsum that
-  jnp.einsum contracts cheapest pair first: the coefficients with the narrower gradient factor
-  (`N min(I, O)` per gradient) or the two factors (`I O`), then the rest (`N I O`).
+  A sum of gradients weighted by N coefficient rows (`_outer_sum`) first applies the coefficients
+  (one row: to the narrower gradient factor, `min(I, O)` per gradient; N rows, a three-operand
+  einsum contracted cheapest pair first: `N min(I, O)` or the two factors, `I O`), then sums the
+  products (`N I O`).
   """
   io = [i * o for i, o in shapes]
   slots = omega_window - 1
