@@ -436,15 +436,16 @@ def neural_memory_flops(batch: int, length: int, heads: int, shapes: Sequence[tu
     sums of the end-of-chunk weights and momentum, or, with Muon, per-token momenta, their
     Newton-Schulz, weights and reads.
 
-  A sum of gradients weighted by N coefficient rows (`_outer_sum`) first applies the coefficients
-  (one row: to the narrower gradient factor, `min(I, O)` per gradient; N rows, a three-operand
-  einsum contracted cheapest pair first: `N min(I, O)` or the two factors, `I O`), then sums the
-  products (`N I O`).
+  A sum of gradients weighted by one coefficient row (`_outer_sum`) scales the narrower gradient
+  factor (elementwise, not counted) and sums the products (`I O` per gradient); by N rows (Muon)
+  it is a three-operand einsum that jnp.einsum contracts cheapest pair first: the coefficients
+  with the narrower factor (`N min(I, O)` per gradient) or the two factors (`I O`), then the rest
+  (`N I O`).
   """
   io = [i * o for i, o in shapes]
   slots = omega_window - 1
   grads = lambda rows: memory_mlp.sample_gradient_flops(shapes, rows)
-  outer_sum = lambda rows, n=1: sum(2 * rows * (min(i_o, n * min(s)) + n * i_o)
+  outer_sum = lambda rows, n=1: sum(2 * rows * ((n > 1) * min(i_o, n * min(s)) + n * i_o)
                                    for s, i_o in zip(shapes, io))
   if mode == "recurrent":
     per_token = (grads(omega_window) + outer_sum(omega_window) + memory_mlp.forward_flops(shapes, 1)
