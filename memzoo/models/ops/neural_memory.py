@@ -118,11 +118,15 @@ def _weighted_gradients(rule: _Rule, anchor: Weights, keys, values, sample_weigh
 
 def _outer_sum(coef, inputs, deltas):
   """`sum_p coef[.., p] a_p d_p^T` per layer; `coef [B, H, P]` or `[B, H, N, P]` (then per N)."""
-  if coef.ndim == 3:  # the coefficients scale the narrower factor
-    scaled = lambda x: x * coef[..., None]
-    return tuple(dense.einsum("bhpi,bhpo->bhio", *((scaled(a), d) if a.shape[-1] <= d.shape[-1]
-                                                     else (a, scaled(d))))
-                 for a, d in zip(inputs, deltas))
+  if coef.ndim == 3:
+    sums = []
+    for a, d in zip(inputs, deltas):
+      if a.shape[-1] <= d.shape[-1]:  # the coefficients scale the narrower factor
+        a = a * coef[..., None]
+      else:
+        d = d * coef[..., None]
+      sums.append(dense.einsum("bhpi,bhpo->bhio", a, d))
+    return tuple(sums)
   return tuple(jnp.einsum("bhnp,bhpi,bhpo->bhnio", coef, a, d) for a, d in zip(inputs, deltas))
 
 
