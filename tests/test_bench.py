@@ -2,10 +2,12 @@
 
 import json
 
+import jax.numpy as jnp
 import pytest
 from conftest import run_with_devices
 
 from memzoo.bench import cli, report
+from memzoo.bench.timing import time_call
 
 QUICK = ["--quick", "--mixers", "linear_attention,attention", "--lengths", "64"]
 # Unoptimised XLA compiles several times faster; the quick run checks the pipeline, not speed.
@@ -58,3 +60,15 @@ def test_bad_flags_name_the_flag(argv, name, capsys):
     cli.parse(argv)
   error = capsys.readouterr().err.strip().splitlines()[-1]
   assert name in error and "choose from" in error
+
+
+def test_time_call_takes_more_calls_when_they_are_short():
+  calls = []
+
+  def fn():
+    calls.append(1)
+    return jnp.zeros(())
+
+  assert time_call(fn, repeats=3, warmup=1).repeats == 3 and len(calls) == 4
+  timing = time_call(fn, repeats=3, warmup=0, min_seconds=0.02)
+  assert timing.repeats > 3 and timing.repeats == len(calls) - 4

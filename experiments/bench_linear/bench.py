@@ -5,7 +5,8 @@ retention against torchscale's MultiScaleRetention. Writes experiments/bench_lin
   python experiments/bench_linear/bench.py --tiny                # seconds-long smoke run
 
 A cell is a jitted forward + backward (gradients of the parameters and the input) of one mixer
-layer, timed as the median of `--repeats` calls and divided by the tokens in the batch. The cells
+layer, timed as the median of `--repeats` calls, or of as many as fill `--min_seconds` (1 s) when
+the call is short, and divided by the tokens in the batch. The cells
 are timed in `--rounds` passes over the whole table (compiled in the first), and a cell's value is
 the median over the passes: on a shared host the per-token cost of one cell moves 5-20% between
 processes and minutes, and the rounds spread that drift over every cell instead of one row. A layer
@@ -94,7 +95,7 @@ def scaling(a) -> tuple[dict, dict]:
           if r == 0:
             cells[row, length] = build_cell(row, length, a)
           seconds = time_call(*cells[row, length], repeats=a.repeats,
-                              warmup=2 if r == 0 else 1).wall
+                              warmup=2 if r == 0 else 1, min_seconds=a.min_seconds).wall
         except Exception as e:  # noqa: BLE001  (out of memory, or an impl that has not landed)
           results[row][length] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
           stopped[row] = "skipped (failed at a shorter T)"
@@ -222,6 +223,8 @@ def main():
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--repeats", type=int, default=5, help="timed calls per cell and round")
   parser.add_argument("--rounds", type=int, default=3, help="passes over all cells (module doc)")
+  parser.add_argument("--min_seconds", type=float, default=1.0,
+                      help="per cell and round, time at least this long (more calls when short)")
   parser.add_argument("--flat_from", type=int, default=1024, help="start of the flatness span")
   parser.add_argument("--max_seconds", type=float, default=60.0)
   parser.add_argument("--ts_batch", type=int, default=2)
@@ -234,6 +237,7 @@ def main():
   distributed.apply_cpu_flags()  # what memzoo-train runs with
   if a.tiny:
     a.lengths, a.d_model, a.num_heads, a.repeats, a.rounds = "64,128", 32, 2, 1, 2
+    a.min_seconds = 0.0
     a.ts_batch, a.ts_length, a.ts_chunk_size = 1, 64, 32
   a.lengths = [int(t) for t in a.lengths.split(",")]
   a.layers = a.layers.split(",")
@@ -247,7 +251,8 @@ def main():
   lines = [f"Machine: {machine()}.", "", f"Command: `python {' '.join(sys.argv)}` "
            f"({time.strftime('%Y-%m-%d %H:%M')}).", "",
            f"## fwd+bwd microseconds per token (B={a.batch}, d_model {a.d_model}, {a.num_heads} "
-           f"heads, {a.dtype}, median over {a.rounds} rounds of the median of {a.repeats})", "",
+           f"heads, {a.dtype}, median over {a.rounds} rounds of the median of {a.repeats}+ calls "
+           f"filling {a.min_seconds:g} s)", "",
            *table(results, a.lengths), "",
            "Change of the per-token cost with T (target: within 15% from 1K to 16K):", "",
            *flatness(results, rounds, a.lengths, a.flat_from), "",

@@ -34,10 +34,20 @@ class Timing(NamedTuple):
   repeats: int
 
 
-def time_call(fn: Callable, *args, repeats: int, warmup: int = 2) -> Timing:
+def time_call(fn: Callable, *args, repeats: int, warmup: int = 2,
+              min_seconds: float = 0.0) -> Timing:
   """Median wall and CPU seconds of `fn(*args)` over `repeats` calls, after `warmup` calls (the
-  first compiles)."""
-  return time_interleaved(fn, {None: args}, repeats=repeats, warmup=warmup)[None]
+  first compiles), or over as many more as it takes to spend `min_seconds` in timed calls (so that
+  a call of a few milliseconds is not judged on three samples)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  walls, cpus = [], []
+  while len(walls) < repeats or sum(walls) < min_seconds:
+    wall, cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    walls.append(time.perf_counter() - wall)
+    cpus.append(time.process_time() - cpu)
+  return Timing(statistics.median(walls), statistics.median(cpus), len(walls))
 
 
 def time_interleaved(fn: Callable, args: dict, *, repeats: int, warmup: int = 2) -> dict:
