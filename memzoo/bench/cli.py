@@ -29,7 +29,7 @@ from memzoo.train import distributed, huge_pages, mfu
 
 SUITES = ("peak", "mixers", "decode", "train")
 QUICK = dict(lengths=[32, 64], contexts=[16, 32], d_model=32, num_heads=2, repeats=1,
-             decode_steps=2, train_batch=1, train_seq_len=32, train_steps=1, variants=["default"])
+             min_seconds=0.0, decode_steps=2, train_batch=1, train_seq_len=32, train_steps=1, variants=["default"])
 QUICK_TRAIN_MODEL = dict(d_model=32, num_layers=1, num_heads=2)
 
 
@@ -46,6 +46,8 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--num_heads", type=int, default=6)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--repeats", type=int, default=5, help="timed calls per cell (median)")
+  p.add_argument("--min_seconds", type=float, default=1.0,
+                 help="mixer suite: time each cell at least this long (more calls when short)")
   p.add_argument("--max_seconds", type=float, default=60.0,
                  help="a mixer slower than this per call is not run at longer T")
   p.add_argument("--decode_steps", type=int, default=64)
@@ -94,7 +96,7 @@ def run_mixers(a, log) -> dict:
         us[name][length] = stop
         continue
       try:
-        t, flops = bench.time(a.batch, length, repeats=a.repeats)
+        t, flops = bench.time(a.batch, length, repeats=a.repeats, min_seconds=a.min_seconds)
       except Exception as e:  # noqa: BLE001  (out of memory: report it, go on with the others)
         us[name][length] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:60]}"
         stop = "skipped (failed at a shorter T)"
@@ -105,7 +107,8 @@ def run_mixers(a, log) -> dict:
           f"(cpu {1e6 * t.cpu / (a.batch * length):10.3f})  {gflops[name][length]:7.2f} GFLOP/s")
       if t.wall > a.max_seconds:
         stop = f"skipped (> {a.max_seconds:g} s at a shorter T)"
-  return {"setup": setup, "lengths": a.lengths, "repeats": a.repeats, "us_per_token": us,
+  return {"setup": setup, "lengths": a.lengths, "repeats": a.repeats,
+          "min_seconds": a.min_seconds, "us_per_token": us,
           "gflops": gflops, "recurrent": [n for n in a.mixers if is_recurrent(n, a)]}
 
 

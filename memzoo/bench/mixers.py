@@ -34,13 +34,17 @@ class FwdBwdBench:
 
     self.fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
 
-  def time(self, batch: int, length: int, *, repeats: int) -> tuple[Timing, int]:
-    """`(timing of one fwd+bwd call on [batch, length, d_model], its model FLOPs)`."""
+  def time(self, batch: int, length: int, *, repeats: int,
+           min_seconds: float = 0.0) -> tuple[Timing, int]:
+    """`(timing of one fwd+bwd call on [batch, length, d_model], its model FLOPs)`: the median of
+    `repeats` calls, or of as many as fill `min_seconds`."""
     rng = np.random.default_rng(length)
     x = jnp.asarray(rng.standard_normal((batch, length, self.d_model)), self.dtype)
     cotangent = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
     flops = self.layer.flops(batch, length) + self.layer.backward_flops(batch, length)
-    return time_call(self.fwd_bwd, self.params, x, cotangent, repeats=repeats), flops
+    timing = time_call(self.fwd_bwd, self.params, x, cotangent, repeats=repeats,
+                       min_seconds=min_seconds)
+    return timing, flops
 
 
 class DecodeBench:

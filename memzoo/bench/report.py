@@ -44,7 +44,8 @@ def mixers_section(result: dict) -> list[str]:
   us, gflops = result["us_per_token"], result["gflops"]
   flat = {n: _verdict(spread(us[n]), FWD_BWD_FLAT) for n in result["recurrent"]}
   return ["## Mixer fwd+bwd: microseconds per token", "",
-          f"One layer, {result['setup']}; median of {result['repeats']} calls. Flatness: "
+          f"One layer, {result['setup']}; median of {result['repeats']} calls or more, as many "
+          f"as fill {result.get('min_seconds', 0):g} s. Flatness: "
           f"max/min - 1 of the time per token over T in {FLAT_FROM:,}-{FLAT_TO:,} (recurrent "
           f"mixers; target <= {100 * FWD_BWD_FLAT:.0f}%).", "",
           *grid_table(us, result["lengths"], "mixer \\ T", {"flatness": flat}), "",
