@@ -13,11 +13,12 @@ processes and minutes, and the rounds spread that drift over every cell instead 
 whose call takes longer than `--max_seconds` is not run at longer lengths. memzoo's and torchscale's
 retention alternate, one call of the torchscale script per round. torchscale is timed in this
 process when torch and torchscale import, else under `--torch_python` (an interpreter that has
-them), else skipped.
+them; `--torch_small_pages` runs it without memzoo's huge-page tunable), else skipped.
 """
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -162,7 +163,12 @@ def torchscale(a) -> dict | str:
       return f"skipped ({e}; pass --torch_python)"
   command = [a.torch_python, str(HERE / "torchscale_retention.py")]
   command += [f"--{k}={v}" for k, v in kwargs.items()]
-  proc = subprocess.run(command, capture_output=True, text=True)
+  env = dict(os.environ)
+  if a.torch_small_pages:  # 4 KiB pages: torchscale's faster setting on the AMD host
+    tunables = env.get("GLIBC_TUNABLES", "").split(":")
+    env["GLIBC_TUNABLES"] = ":".join(t for t in tunables
+                                     if t and not t.startswith(huge_pages.TUNABLE + "="))
+  proc = subprocess.run(command, capture_output=True, text=True, env=env)
   if proc.returncode:
     return f"failed: {proc.stderr.strip().splitlines()[-1]}"
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -197,7 +203,8 @@ def versus_torchscale(a) -> list[str]:
   ratios = [t / o for o, t in zip(ours, ts)]
   return lines + [
       f"| torchscale MultiScaleRetention (chunkwise, chunk {info['chunk_size']}, {precision}; "
-      f"torch {info['torch']}, {info['threads']} threads) | {seconds(ts)} | "
+      f"torch {info['torch']}, {info['threads']} threads"
+      f"{', 4 KiB pages' if a.torch_small_pages else ''}) | {seconds(ts)} | "
       f"{statistics.median(ts):.4f} |", "",
       f"Speed-up: {statistics.median(ts) / statistics.median(ours):.2f}x (per round: "
       + ", ".join(f"{r:.2f}x" for r in ratios) + ")."]
@@ -231,6 +238,8 @@ def main():
   parser.add_argument("--ts_length", type=int, default=1024)
   parser.add_argument("--ts_chunk_size", type=int, default=512, help="torchscale's default")
   parser.add_argument("--torch_python", default=None, help="interpreter with torch + torchscale")
+  parser.add_argument("--torch_small_pages", action="store_true",
+                      help="run the --torch_python subprocess without memzoo's huge-page tunable")
   parser.add_argument("--out", default=str(HERE / "results.md"))
   parser.add_argument("--tiny", action="store_true", help="smoke run: tiny sizes, 1 repeat")
   a = parser.parse_args()
