@@ -51,7 +51,6 @@ def test_batched_matmuls_match_autodiff_float64(lead, n, i, o, seed):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=op.__name__)
 
 
-
 # Two-operand specs with their operands' shapes as letters: the memory's dual-form products, a
 # transposed operand on either side, a contraction over the leading (token) axis, an outer product.
 _SPECS = ("bhci,bhpi->bhcp", "bhcp,bhpo->bhco", "bhpi,bhpo->bhio", "ij,jk->ik", "ji,kj->ik",
@@ -74,6 +73,7 @@ def test_einsum_matches_jnp_einsum_autodiff_float64(spec, sizes, seed):
     for name, a, b in zip(("x", "y"), got_vjp(cotangent), want_vjp(cotangent)):
       assert a.shape == b.shape, (spec, name)
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=f"{spec} {name}")
+
 
 def _dot_operand_types(hlo: str) -> list[str]:
   """Element types of the operands of every dot in compiled HLO text."""

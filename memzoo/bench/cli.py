@@ -29,7 +29,8 @@ from memzoo.train import distributed, huge_pages, mfu
 
 SUITES = ("peak", "mixers", "decode", "train")
 QUICK = dict(lengths=[32, 64], contexts=[16, 32], d_model=32, num_heads=2, repeats=1,
-             min_seconds=0.0, decode_steps=2, train_batch=1, train_seq_len=32, train_steps=1, variants=["default"])
+             min_seconds=0.0, decode_steps=2, train_batch=1, train_seq_len=32, train_steps=1,
+             variants=["default"])
 QUICK_TRAIN_MODEL = dict(d_model=32, num_layers=1, num_heads=2)
 
 

@@ -39,19 +39,14 @@ def time_call(fn: Callable, *args, repeats: int, warmup: int = 2,
   """Median wall and CPU seconds of `fn(*args)` over `repeats` calls, after `warmup` calls (the
   first compiles), or over as many more as it takes to spend `min_seconds` in timed calls (so that
   a call of a few milliseconds is not judged on three samples)."""
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  walls, cpus = [], []
-  while len(walls) < repeats or sum(walls) < min_seconds:
-    wall, cpu = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn(*args))
-    walls.append(time.perf_counter() - wall)
-    cpus.append(time.process_time() - cpu)
-  return Timing(statistics.median(walls), statistics.median(cpus), len(walls))
+  return time_interleaved(fn, {None: args}, repeats=repeats, warmup=warmup,
+                          min_seconds=min_seconds)[None]
 
 
-def time_interleaved(fn: Callable, args: dict, *, repeats: int, warmup: int = 2) -> dict:
-  """`{key: Timing of fn(*args[key])}`, timed in `repeats` rounds of one call per key.
+def time_interleaved(fn: Callable, args: dict, *, repeats: int, warmup: int = 2,
+                     min_seconds: float = 0.0) -> dict:
+  """`{key: Timing of fn(*args[key])}`, timed in rounds of one call per key: `repeats` rounds, or
+  more until every key has spent `min_seconds` in timed calls.
 
   Interleaving the keys (e.g. context lengths) spreads a drift of the machine's speed over all of
   them, instead of biasing the ones timed last: their ratios are what a benchmark reads.
@@ -61,11 +56,13 @@ def time_interleaved(fn: Callable, args: dict, *, repeats: int, warmup: int = 2)
       jax.block_until_ready(fn(*key_args))
   walls = {key: [] for key in args}
   cpus = {key: [] for key in args}
-  for _ in range(repeats):
+  rounds = 0
+  while rounds < repeats or min(map(sum, walls.values()), default=min_seconds) < min_seconds:
     for key, key_args in args.items():
       wall, cpu = time.perf_counter(), time.process_time()
       jax.block_until_ready(fn(*key_args))
       walls[key].append(time.perf_counter() - wall)
       cpus[key].append(time.process_time() - cpu)
-  return {key: Timing(statistics.median(walls[key]), statistics.median(cpus[key]), repeats)
+    rounds += 1
+  return {key: Timing(statistics.median(walls[key]), statistics.median(cpus[key]), rounds)
           for key in args}
