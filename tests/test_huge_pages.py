@@ -25,6 +25,17 @@ def test_tunables(environ, thp_mode, expected):
   assert huge_pages.tunables_with_huge_pages(environ, thp_mode) == expected
 
 
+@pytest.mark.parametrize("tunables, expected", [
+    ("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=2"),
+    ("glibc.malloc.hugetlb=1", ""),
+    ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2"),
+    (None, ""),
+])
+def test_tunables_without_huge_pages(tunables, expected):
+  environ = {} if tunables is None else {"GLIBC_TUNABLES": tunables}
+  assert huge_pages.tunables_without_huge_pages(environ) == expected
+
+
 def _thp_usable() -> bool:
   try:
     mode = huge_pages.THP_MODE_FILE.read_text()

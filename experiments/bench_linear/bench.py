@@ -165,9 +165,7 @@ def torchscale(a) -> dict | str:
   command += [f"--{k}={v}" for k, v in kwargs.items()]
   env = dict(os.environ)
   if a.torch_small_pages:  # 4 KiB pages: torchscale's faster setting on the AMD host
-    tunables = env.get("GLIBC_TUNABLES", "").split(":")
-    env["GLIBC_TUNABLES"] = ":".join(t for t in tunables
-                                     if t and not t.startswith(huge_pages.TUNABLE + "="))
+    env["GLIBC_TUNABLES"] = huge_pages.tunables_without_huge_pages(env)
   proc = subprocess.run(command, capture_output=True, text=True, env=env)
   if proc.returncode:
     return f"failed: {proc.stderr.strip().splitlines()[-1]}"

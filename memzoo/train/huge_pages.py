@@ -41,6 +41,16 @@ def tunables_with_huge_pages(environ, thp_mode: str | None) -> str | None:
   return ":".join(filter(None, [current, f"{TUNABLE}=1"]))
 
 
+def tunables_without_huge_pages(environ) -> str:
+  """`environ`'s `GLIBC_TUNABLES` with the huge-page tunable taken out (for a child process that
+  should run with 4 KiB pages, e.g. a peer benchmarked in its faster setting)."""
+  return ":".join(t for t in _entries(environ) if not t.startswith(f"{TUNABLE}="))
+
+
+def _entries(environ) -> list[str]:
+  return [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
+
+
 def _glibc() -> bool:
   try:
     return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
@@ -58,8 +68,8 @@ def _thp_mode() -> str | None:
 def describe() -> str:
   """This process's setting for a benchmark's machine line, e.g. `glibc.malloc.hugetlb=1, THP
   madvise`."""
-  tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
-  setting = next((t for t in tunables if t.startswith(f"{TUNABLE}=")), f"{TUNABLE} unset")
+  setting = next((t for t in _entries(os.environ) if t.startswith(f"{TUNABLE}=")),
+                 f"{TUNABLE} unset")
   mode = _thp_mode()
   chosen = mode[mode.index("[") + 1:mode.index("]")] if mode and "[" in mode else "absent"
   return f"{setting}, THP {chosen}"
