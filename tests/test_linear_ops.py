@@ -228,10 +228,11 @@ def test_delta_rule_has_no_parallel_mode():
     delta_rule(q, q, q, jnp.zeros((1, 5, 2)), mode="parallel")
 
 
-@pytest.mark.parametrize("size", [48, 64])
+@pytest.mark.parametrize("size", [1, 5, 48, 64])
 def test_unit_lower_inverse_on_correlated_keys(size):
   """The delta-rule system I + beta K K^T (strictly lower) with nearly parallel keys of random sign
-  and beta up to 2: the block inversion matches float64 to float32 precision."""
+  and beta up to 2: the block inversion matches float64 to float32 precision, also for sizes that are
+  not powers of two (zero-padded)."""
   rng = np.random.default_rng(size)
   base = rng.normal(size=(4, 1, 32))
   k = base * rng.choice([-1.0, 1.0], size=(4, size, 1)) + 0.05 * rng.normal(size=(4, size, 32))

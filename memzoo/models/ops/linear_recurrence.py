@@ -120,22 +120,33 @@ def decayed_scores(x, y, cum_gate, same_doc, *, strict: bool) -> jnp.ndarray:
 def unit_lower_inverse(strict_lower: jnp.ndarray) -> jnp.ndarray:
   """`(I + L)^{-1}` for strictly lower-triangular `L [..., C, C]`, by recursive 2x2 block inversion.
 
-  [[A, 0], [X, B]]^{-1} = [[A^-1, 0], [-B^-1 X A^-1, B^-1]], bottom-up: with Z holding the
-  inverses of the diagonal blocks of size s, `Z <- Z - Z (L on the blocks below them) Z` holds
-  those of size 2s. log2(C) levels of batched matmuls; every intermediate is a block of the exact
-  inverse (no series truncation or cancellation), and unlike batched LAPACK trsm it is matmul-bound
-  on every backend.
+  [[A, 0], [X, B]]^{-1} = [[A^-1, 0], [-B^-1 X A^-1, B^-1]]: with the inverses of the diagonal
+  blocks of width w known, one batched pair of `[w, w]` products per pair of blocks gives those of
+  width 2w (bottom-up from w = 1, whose blocks are 1). Only the diagonal blocks are ever
+  multiplied, ~2/3 C^3 FLOPs in all instead of the 4 C^3 log2(C) of full-size products. Every
+  intermediate is a block of the exact inverse (no series truncation or cancellation), and unlike
+  batched LAPACK trsm it is matmul-bound on every backend. C is zero-padded to a power of two
+  (padding rows and columns of L leave the leading block of the inverse unchanged).
   """
   size = strict_lower.shape[-1]
-  block_of = jnp.arange(size)
-  inverse = jnp.broadcast_to(jnp.eye(size, dtype=strict_lower.dtype), strict_lower.shape)
-  width = 1
-  while width < size:
-    rows, cols = (block_of // width)[:, None], (block_of // width)[None, :]
-    below = (rows // 2 == cols // 2) & (rows % 2 == 1) & (cols % 2 == 0)
-    inverse = inverse - inverse @ jnp.where(below, strict_lower, 0.0) @ inverse
-    width *= 2
-  return inverse
+  width = 1 << (size - 1).bit_length()
+  batch = strict_lower.shape[:-2]
+  pad = [(0, 0)] * len(batch) + [(0, width - size)] * 2
+  blocks = jnp.pad(strict_lower, pad)[..., None, :, :]  # [..., n, w, w]: L's diagonal blocks
+  below = []  # top-down, the [..., n, w, w] blocks X of L under each diagonal pair of width w
+  while width > 1:
+    width //= 2
+    below.append(blocks[..., width:, :width])
+    blocks = jnp.stack([blocks[..., :width, :width], blocks[..., width:, width:]], axis=-3)
+    blocks = blocks.reshape(*batch, -1, width, width)
+  inverse = jnp.ones(blocks.shape, strict_lower.dtype)  # [..., C, 1, 1]
+  for x in reversed(below):
+    pairs = inverse.reshape(*x.shape[:-2], 2, *x.shape[-2:])
+    a, b = pairs[..., 0, :, :], pairs[..., 1, :, :]
+    upper = jnp.concatenate([a, jnp.zeros_like(a)], axis=-1)
+    lower = jnp.concatenate([-(b @ x @ a), b], axis=-1)
+    inverse = jnp.concatenate([upper, lower], axis=-2)
+  return inverse[..., 0, :size, :size]
 
 
 def decayed(x: jnp.ndarray, exponent: jnp.ndarray | None) -> jnp.ndarray:
@@ -254,9 +265,10 @@ def _scores_flops(size: int, dim: int, gate: str | None) -> int:
 
 
 def _inverse_flops(size: int) -> int:
-  """`unit_lower_inverse` on `[size, size]`: two dense matmuls per doubling of the block width."""
-  levels = max(size - 1, 0).bit_length()
-  return levels * 2 * 2 * size ** 3
+  """`unit_lower_inverse` on `[size, size]`, zero-padded to a power of two P: at each block width
+  w < P, two `[w, w]` products for each of the P / 2w pairs of diagonal blocks."""
+  padded = 1 << max(size - 1, 0).bit_length()
+  return sum(2 * padded * w * w for w in (1 << i for i in range(padded.bit_length() - 1)))
 
 
 def flops(batch: int, length: int, heads: int, dk: int, dv: int, *, delta: bool,
