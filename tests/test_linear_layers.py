@@ -89,3 +89,19 @@ def test_taylor2_feature_map_approximates_exp():
 def test_unknown_feature_map_is_a_config_error():
   with pytest.raises(ConfigError, match="feature_map"):
     build("linear_attention", feature_map="relu")
+
+
+def test_default_chunk_size_is_a_per_backend_speed_setting():
+  """Without `chunk_size` a layer takes `default_chunk_size()` (32 or 64 on CPU, 64 elsewhere);
+  an explicit one wins, and the two compute the same function."""
+  cpu = jax.default_backend() == "cpu"
+  expected = {"retention": 32 if cpu else 64, "linear_attention": 64, "gla": 32 if cpu else 64,
+              "deltanet": 32 if cpu else 64, "gated_deltanet": 32 if cpu else 64}
+  x = jax.random.normal(jax.random.key(0), (1, 80, 32))
+  for name, size in expected.items():
+    layer = registry.build("mixer", name, {"d_model": 32, "num_heads": 2}, rngs=nnx.Rngs(0))
+    assert layer.chunk_size == size, name
+    other = registry.build("mixer", name, {"d_model": 32, "num_heads": 2, name: {"chunk_size": 48}},
+                           rngs=nnx.Rngs(0))
+    assert other.chunk_size == 48
+    np.testing.assert_allclose(layer(x), other(x), rtol=2e-4, atol=2e-5)

@@ -106,9 +106,12 @@ def test_feed_forward_layers_keep_shape_and_name_their_axes(name):
 FLOPS_D, FLOPS_T = 256, 64
 FLOPS_RTOL = {"lmm": 0.08, "mac": 0.08}  # 0.05 for the others
 # MAC runs segments of memory chunks: one segment of one chunk keeps to one loop iteration. MoM's
-# gathered form runs its memories over P T = 3 T sorted tokens (top-2 + the shared memory).
+# gathered form runs its memories over P T = 3 T sorted tokens (top-2 + the shared memory). The
+# linear mixers scan their chunks (on CPU 32 tokens by default): one chunk of T.
 ONE_ITERATION = {"mac": dict(segment_len=FLOPS_T, memory=dict(chunk_size=FLOPS_T)),
-                 "mom": dict(chunk_size=3 * FLOPS_T)}
+                 "mom": dict(chunk_size=3 * FLOPS_T),
+                 **{n: dict(chunk_size=FLOPS_T)
+                    for n in ("retention", "linear_attention", "gla", "deltanet", "gated_deltanet")}}
 
 
 @pytest.mark.parametrize("kind,name,options",

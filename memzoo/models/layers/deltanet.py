@@ -28,11 +28,12 @@ class DeltaNet(LinearMixer):
 
   op = staticmethod(delta_rule)
   op_flops = staticmethod(delta_rule_flops)
+  cpu_chunk_size = 32  # 2-8% faster than 64 at T = 1K-16K (LinearMixer.default_chunk_size)
 
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 1.0,
                expand_v: float = 1.0, conv_size: int | None = 4, output_gate: bool = False,
-               mode: str = "chunk", chunk_size: int = 64, dtype=None, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               mode: str = "chunk", chunk_size: int | None = None, dtype=None,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(d_model, num_heads, int(d_model * expand_k) // num_heads,
                      int(d_model * expand_v) // num_heads, conv_size=conv_size,
                      output_gate=output_gate, mode=mode, chunk_size=chunk_size, dtype=dtype,
@@ -70,8 +71,8 @@ class GatedDeltaNet(DeltaNet):
 
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 1.0,
                expand_v: float = 2.0, conv_size: int | None = 4, output_gate: bool = True,
-               mode: str = "chunk", chunk_size: int = 64, dtype=None, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               mode: str = "chunk", chunk_size: int | None = None, dtype=None,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(d_model, num_heads, expand_k=expand_k, expand_v=expand_v,
                      conv_size=conv_size, output_gate=output_gate, mode=mode,
                      chunk_size=chunk_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -24,11 +24,12 @@ class GatedLinearAttention(LinearMixer):
   """
 
   gate = "vector"
+  cpu_chunk_size = 32  # 2-10% faster than 64 (LinearMixer.default_chunk_size)
 
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 0.5,
                expand_v: float = 1.0, gate_low_rank_dim: int = 16,
                gate_logit_normalizer: float = 16.0, conv_size: int | None = None,
-               mode: str = "chunk", chunk_size: int = 64, dtype=None,
+               mode: str = "chunk", chunk_size: int | None = None, dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     key_dim = int(d_model * expand_k) // num_heads
     super().__init__(d_model, num_heads, key_dim, int(d_model * expand_v) // num_heads,

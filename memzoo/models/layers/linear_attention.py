@@ -41,7 +41,7 @@ class LinearAttention(LinearMixer):
 
   def __init__(self, d_model: int, num_heads: int, *, feature_map: str = "elu1",
                feature_dim: int | None = None, expand_v: float = 1.0, output_gate: bool = False,
-               conv_size: int | None = None, mode: str = "chunk", chunk_size: int = 64,
+               conv_size: int | None = None, mode: str = "chunk", chunk_size: int | None = None,
                dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if feature_map not in FEATURE_MAPS:
       raise ConfigError("config.model.linear_attention.feature_map", f"unknown {feature_map!r}",

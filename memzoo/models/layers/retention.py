@@ -28,10 +28,11 @@ class MultiScaleRetention(LinearMixer):
   """
 
   gate = "scalar"
+  cpu_chunk_size = 32  # 6-8% faster than 64 (LinearMixer.default_chunk_size)
 
   def __init__(self, d_model: int, num_heads: int, *, expand_k: float = 1.0,
                expand_v: float = 2.0, rope_theta: float = 10000.0, conv_size: int | None = None,
-               mode: str = "chunk", chunk_size: int = 64, dtype=None,
+               mode: str = "chunk", chunk_size: int | None = None, dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(d_model, num_heads, int(d_model * expand_k) // num_heads,
                      int(d_model * expand_v) // num_heads, conv_size=conv_size, output_gate=True,
