@@ -194,8 +194,9 @@ def versus_torchscale(a) -> list[str]:
           f" B{a.ts_batch} x T{a.ts_length}, {len(ours)} alternating round(s), median of "
           f"{a.repeats} calls each:")
   seconds = lambda values: " / ".join(f"{v:.4f}" for v in values)
+  chunk = registry.lookup("mixer", "retention").default_chunk_size()  # the layer's, options {}
   lines = [head, "", "| implementation | seconds per round | median |", "|---|---|---|",
-           f"| memzoo retention (chunk form, chunk 64, {a.dtype}) | {seconds(ours)} | "
+           f"| memzoo retention (chunk form, chunk {chunk}, {a.dtype}) | {seconds(ours)} | "
            f"{statistics.median(ours):.4f} |"]
   if not isinstance(theirs[-1], dict):
     return lines + ["", f"torchscale: {theirs[-1]}."]
