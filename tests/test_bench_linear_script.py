@@ -1,20 +1,10 @@
 """experiments/bench_linear/bench.py's summary lines, on made-up timings."""
 
-import importlib.util
-from pathlib import Path
-
-_SCRIPT = Path(__file__).parents[1] / "experiments" / "bench_linear" / "bench.py"
-
-
-def _script():
-  spec = importlib.util.spec_from_file_location("bench_linear", _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+import experiment_scripts
 
 
 def test_flatness_reports_medians_rounds_and_fastest_rounds():
-  bench = _script()
+  bench = experiment_scripts.load("bench_linear/bench.py")
   rounds = {"deltanet": {1024: [50.0, 40.0, 60.0], 16384: [70.0, 44.0, 55.0]},
             "attention_naive": {1024: [1.0, 1.0, 1.0], 16384: [9.0, 9.0, 9.0]}}
   results = {row: {t: sorted(v)[1] for t, v in cells.items()} for row, cells in rounds.items()}

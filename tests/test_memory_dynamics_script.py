@@ -1,8 +1,6 @@
 """experiments/titans/memory_dynamics.py: its chunk step is the op's own update."""
 
-import importlib.util
-from pathlib import Path
-
+import experiment_scripts
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +9,9 @@ from flax import nnx
 
 from memzoo.models.layers.neural_memory import NeuralMemory
 
-_SCRIPT = Path(__file__).parents[1] / "experiments" / "titans" / "memory_dynamics.py"
-
 
 def _script():
-  spec = importlib.util.spec_from_file_location("memory_dynamics", _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return experiment_scripts.load("titans/memory_dynamics.py")
 
 
 @pytest.mark.parametrize("depth", [1, 2])
