@@ -41,10 +41,15 @@ def _accumulator(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)  # float32, or float64 for float64 inputs
 
 
+def _masked(x, keep, j):
+  """`x [B, T, C]` with tap j's positions that reach into an earlier segment zeroed."""
+  return x if keep is None else jnp.where(keep[j], x, 0.0)
+
+
 def _tap(padded, keep, j, length):
   """`[B, T, C]`: the inputs that weight j multiplies, zero where a segment starts."""
   tap = jax.lax.dynamic_slice_in_dim(padded, j, length, axis=1).astype(_accumulator(padded.dtype))
-  return tap if keep is None else jnp.where(keep[j], tap, 0.0)
+  return _masked(tap, keep, j)
 
 
 @jax.custom_vjp
@@ -77,9 +82,7 @@ def _filter_backward(residuals, dy):
   d_weight = jax.lax.fori_loop(0, width, tap_gradient, zeros)
   d_padded = 0.0
   for j in range(width):
-    contribution = dy * weight[j].astype(dy.dtype)
-    if keep is not None:
-      contribution = jnp.where(keep[j], contribution, 0.0)
+    contribution = _masked(dy * weight[j].astype(dy.dtype), keep, j)
     d_padded = d_padded + jnp.pad(contribution, ((0, 0), (j, width - 1 - j), (0, 0)))
   return d_padded.astype(padded.dtype), d_weight.astype(weight.dtype), None
 
