@@ -158,12 +158,12 @@ def decayed(x: jnp.ndarray, exponent: jnp.ndarray | None) -> jnp.ndarray:
 def ut_transform(k, v, beta, cum_gate, sees_initial, same_doc):
   """`(W, U')` of the delta-rule chunk form (module doc), both `[N, Z, C, Dk | Dv]`; `beta`
   `[N, Z, C]`, the masks as `_document_masks` gives them (`True`, `1.0` for one document)."""
-  dk = k.shape[-1]
   m = decayed_scores(k, k, cum_gate, same_doc, strict=True)  # [N, Z, C, C]
   inverse = unit_lower_inverse(beta[..., None] * m)
-  rhs = jnp.concatenate([decayed(k, cum_gate) * sees_initial, v], axis=-1) * beta[..., None]
-  solution = inverse @ rhs
-  return solution[..., :dk], solution[..., dk:]
+  b = beta[..., None]
+  # Two products rather than one over [K | V]: the concatenation and its backward's slices cost
+  # more than the wider product saves (deltanet fwd+bwd at 16K 9-17% faster without them).
+  return inverse @ (decayed(k, cum_gate) * (sees_initial * b)), inverse @ (v * b)
 
 
 def _document_masks(starts):
