@@ -87,9 +87,9 @@ def xla_flops(fn, *args):
 
 
 def test_language_model_counts_agree_with_xla():
-  """One chunk / key block per sequence of 32 tokens (XLA counts loop bodies once). Forward: at most XLA's
-  count (which adds elementwise work), within 5%. Train step: within 5% either way (XLA also
-  skips the gradients of products with the zero initial state)."""
+  """One chunk / key block per sequence of 32 tokens (XLA counts loop bodies once). Forward: at
+  most XLA's count (which adds elementwise work), within 5%. Train step: within 5% either way (XLA
+  also skips the gradients of products with the zero initial state)."""
   model = nnx.eval_shape(lambda: LanguageModel(lm_config(memory_layers=(1,), engram_layers=(2,)),
                                                rngs=nnx.Rngs(0)))
   graphdef, params = nnx.split(model)

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from memzoo.models.layers import registry
+from memzoo.models.layers.linear_mixer import LinearMixer
 from memzoo.train.config import base_config
 
 registry.lookup("mixer", "attention")  # registers the built-in layers
@@ -110,8 +111,8 @@ FLOPS_RTOL = {"lmm": 0.08, "mac": 0.08}  # 0.05 for the others
 # linear mixers scan their chunks (on CPU 32 tokens by default): one chunk of T.
 ONE_ITERATION = {"mac": dict(segment_len=FLOPS_T, memory=dict(chunk_size=FLOPS_T)),
                  "mom": dict(chunk_size=3 * FLOPS_T),
-                 **{n: dict(chunk_size=FLOPS_T)
-                    for n in ("retention", "linear_attention", "gla", "deltanet", "gated_deltanet")}}
+                 **{n: dict(chunk_size=FLOPS_T) for n, cls in registry.REGISTRIES["mixer"].items()
+                    if issubclass(cls, LinearMixer)}}
 
 
 @pytest.mark.parametrize("kind,name,options",
