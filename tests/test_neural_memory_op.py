@@ -246,6 +246,37 @@ def test_streaming_blocks_and_token_steps_equal_one_call():
         _close(a, b)
 
 
+def test_bfloat16_inputs_are_computed_in_float32():
+  """The precision contract (module doc): bf16 inputs give exactly the float32 computation on the
+  same (bf16-representable) values, rounded once at the end; no product runs in bf16."""
+  x = _inputs(17, B, T, H, D, D, lr_max=0.3)
+  w0 = tuple(jnp.asarray(w, jnp.float32) for w in _deep_weights(18, B, H, D, 2))
+  args = [jnp.asarray(x[n], jnp.bfloat16) for n in ("q", "k", "v", "lr", "mom", "dec")]
+  run = jax.jit(lambda *a: _op(*a, w0, 3))
+  o, w, s = run(*args)
+  want_o, want_w, want_s = run(*(a.astype(jnp.float32) for a in args))
+  assert o.dtype == jnp.bfloat16 and all(a.dtype == jnp.float32 for a in w + s)
+  _close(o.astype(jnp.float32), want_o.astype(jnp.bfloat16).astype(jnp.float32), 0)
+  for got, want in zip(w + s, want_w + want_s):
+    _close(got, want, 0)
+  dtypes = _dot_operand_dtypes(jax.make_jaxpr(run)(*args).jaxpr)
+  assert dtypes and dtypes <= {jnp.dtype(jnp.float32)}, dtypes
+
+
+def _dot_operand_dtypes(jaxpr) -> set:
+  """dtypes of the operands of every dot_general in `jaxpr` and the jaxprs nested in it."""
+  found = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found |= {v.aval.dtype for v in eqn.invars}
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          found |= _dot_operand_dtypes(sub)
+  return found
+
+
 def test_packed_documents_reset_the_memory():
   x = _inputs(13, B, T, H, D, D, lr_max=0.3)
   w0 = _deep_weights(14, B, H, D, 2)
