@@ -67,6 +67,11 @@ BAD_OVERRIDES = [
     (["--config.model.vocab_size=10"], "config.model.vocab_size"),
     (["--config.model.attention.block_q=0"], "config.model.attention.block_q"),
     (["--config.model.attention.impl=fast"], "config.model.attention.impl"),
+    (["--config.model.mixers=('lmm',)", "--config.model.lmm.depth=0"], "config.model.lmm.depth"),
+    (["--config.model.mixers=('gla',)", "--config.model.gla.expand_k=-1.0"],
+     "config.model.gla.expand_k"),
+    (["--config.model.mixers=('gla',)", "--config.model.gla.expand_v=0.01"],
+     "config.model.gla.expand_v"),  # positive, but no width left per head: the layer's check
     (["--config.mesh.data=2"], "config.mesh"),
     (["--config.mesh.data=-1", "--config.mesh.fsdp=-1"], "config.mesh"),
     (["--config.mesh.tensor=0"], "config.mesh.tensor"),

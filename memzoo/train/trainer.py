@@ -111,7 +111,8 @@ def setup(config, workdir, overwrite: bool = False) -> Run:
             for k, v in local_batch.items()}
 
   # Model and optimizer: shapes first, then shardings, then the jitted steps.
-  graphdef, abstract_params = state_lib.abstract_model(config.model, config.seed)
+  with validate.layer_errors(config):  # a layer's own checks of its options
+    graphdef, abstract_params = state_lib.abstract_model(config.model, config.seed)
   tx = make_optimizer(train_cfg, abstract_params)
   shardings = state_lib.state_shardings(abstract_params, tx, rules, mesh)
   train_step = jax.jit(

@@ -4,12 +4,14 @@
 options under `config.model.<layer>` included): unknown fields (typos) and wrong types, then values
 and the relations between fields. `check_layout` checks the mesh against the devices and the batch
 and sequence against the mesh. Once the task is built (the corpus read, the vocabulary known),
-`check_task` checks the eval set's size and `check_model` traces (never compiles) the train step,
-which surfaces what only a layer can judge. Every failure is a one-line `ConfigError` that names the
-field, the value and the fix. `config.data` options beyond the text task's are the task's to check
-(`tasks.build_task` names the field).
+`check_task` checks the eval set's size and `check_model` traces (never compiles) the train step;
+`layer_errors` turns what only a layer can judge (raised while the model is built or traced) into
+the same error. Every failure is a one-line `ConfigError` that names the field, the value and the
+fix. `config.data` options beyond the text task's are the task's to check (`tasks.build_task`
+names the field).
 """
 
+import contextlib
 import difflib
 import math
 
@@ -76,12 +78,12 @@ def check_task(config, task) -> None:
                       "config.data.val_fraction")
 
 
-def check_model(config, step_fn, abstract_args):
-  """Traces the jitted `step_fn` on `abstract_args` (shapes and shardings only: nothing is computed
-  or compiled) and returns the trace. An error a layer raises while being built or traced becomes a
-  ConfigError. Call it under the mesh and rules the step runs with."""
+@contextlib.contextmanager
+def layer_errors(config):
+  """Turns an error a layer raises inside the block (its own checks, while the model is built or
+  traced) into a ConfigError naming the option the message quotes, else `config.model`."""
   try:
-    return step_fn.trace(*abstract_args)
+    yield
   except ConfigError:
     raise
   except (ValueError, TypeError, NotImplementedError) as e:
@@ -89,6 +91,14 @@ def check_model(config, step_fn, abstract_args):
     raise ConfigError(_suspect_option(config.model, message) or "config.model",
                       f"the model cannot be built or run: {message}",
                       "fix the option the message names") from e  # --debug shows the cause
+
+
+def check_model(config, step_fn, abstract_args):
+  """Traces the jitted `step_fn` on `abstract_args` (shapes and shardings only: nothing is computed
+  or compiled) and returns the trace; a layer's error becomes a ConfigError (`layer_errors`).
+  Call it under the mesh and rules the step runs with."""
+  with layer_errors(config):
+    return step_fn.trace(*abstract_args)
 
 
 def _suspect_option(model, message: str) -> str | None:
@@ -224,9 +234,11 @@ def _check_model(model) -> None:
 
 
 def _check_layer_options(options, path: str) -> None:
-  """Int options are >= 0, sizes (chunk and block sizes, windows, dims) > 0; the layer itself
-  judges the rest when `check_model` traces it."""
+  """Int options are >= 0, sizes (chunk and block sizes, windows, dims) > 0, width factors
+  (`expand_*`, `expansion`) > 0; the layer itself judges the rest (`layer_errors`)."""
   for name, value in options.items():
     if isinstance(value, int) and not isinstance(value, bool):
       size = name.endswith(_SIZE_SUFFIXES) or "chunk" in name
       _check_int(value, f"{path}.{name}", minimum=1 if size else 0)
+    elif name.startswith("expan") and value is not None:
+      _check_number(value, f"{path}.{name}", 0.0, low_open=True)

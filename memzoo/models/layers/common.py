@@ -75,6 +75,16 @@ def fan_in_init(fan_in: int, scale: float = 1.0):
   return nnx.initializers.truncated_normal(stddev=scale / fan_in ** 0.5)
 
 
+def head_width(d_model: int, factor: float, num_heads: int, name: str) -> int:
+  """One head's share, `int(d_model * factor) // num_heads`, of a projection `factor` times the
+  model width; a ValueError naming the option `name` when that leaves a head no width."""
+  width = int(d_model * factor) // num_heads
+  if width < 1:
+    raise ValueError(f"{name}={factor!r} leaves each of {num_heads} heads {width} dims "
+                     f"(d_model {d_model}); raise {name} to >= {num_heads / d_model:.3g}")
+  return width
+
+
 class Dense(nnx.Module):
   """`y = x @ W (+ b)`, contracting the trailing `in_shape` axes of x into `out_shape` axes.
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from memzoo.models.layers.common import Dense, l2_norm, param
+from memzoo.models.layers.common import Dense, head_width, l2_norm, param
 from memzoo.models.layers.linear_mixer import LinearMixer
 from memzoo.models.layers.registry import register_mixer
 from memzoo.models.ops.delta_rule import delta_rule, delta_rule_flops
@@ -34,8 +34,8 @@ class DeltaNet(LinearMixer):
                expand_v: float = 1.0, conv_size: int | None = 4, output_gate: bool = False,
                mode: str = "chunk", chunk_size: int | None = None, dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
-    super().__init__(d_model, num_heads, int(d_model * expand_k) // num_heads,
-                     int(d_model * expand_v) // num_heads, conv_size=conv_size,
+    super().__init__(d_model, num_heads, head_width(d_model, expand_k, num_heads, "expand_k"),
+                     head_width(d_model, expand_v, num_heads, "expand_v"), conv_size=conv_size,
                      output_gate=output_gate, mode=mode, chunk_size=chunk_size, dtype=dtype,
                      param_dtype=param_dtype, rngs=rngs)
     self.beta_proj = Dense(d_model, num_heads, axes=("embed", "heads"), dtype=dtype,

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from memzoo.models.layers.common import Dense
+from memzoo.models.layers.common import Dense, head_width
 from memzoo.models.layers.linear_mixer import LinearMixer
 from memzoo.models.layers.registry import register_mixer
 
@@ -31,8 +31,9 @@ class GatedLinearAttention(LinearMixer):
                gate_logit_normalizer: float = 16.0, conv_size: int | None = None,
                mode: str = "chunk", chunk_size: int | None = None, dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
-    key_dim = int(d_model * expand_k) // num_heads
-    super().__init__(d_model, num_heads, key_dim, int(d_model * expand_v) // num_heads,
+    key_dim = head_width(d_model, expand_k, num_heads, "expand_k")
+    value_dim = head_width(d_model, expand_v, num_heads, "expand_v")
+    super().__init__(d_model, num_heads, key_dim, value_dim,
                      conv_size=conv_size, output_gate=True, mode=mode, chunk_size=chunk_size,
                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)

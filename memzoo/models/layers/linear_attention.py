@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memzoo.errors import ConfigError
+from memzoo.models.layers.common import head_width
 from memzoo.models.layers.linear_mixer import LinearMixer
 from memzoo.models.layers.registry import register_mixer
 
@@ -48,7 +49,8 @@ class LinearAttention(LinearMixer):
                         f"choose one of {sorted(FEATURE_MAPS)}")
     key_dim = feature_dim or d_model // num_heads
     self.feature_map = feature_map
-    super().__init__(d_model, num_heads, key_dim, int(d_model * expand_v) // num_heads,
+    value_dim = head_width(d_model, expand_v, num_heads, "expand_v")
+    super().__init__(d_model, num_heads, key_dim, value_dim,
                      state_key_dim=FEATURE_MAPS[feature_map][1](key_dim), conv_size=conv_size,
                      output_gate=output_gate, mode=mode, chunk_size=chunk_size, dtype=dtype,
                      param_dtype=param_dtype, rngs=rngs)

@@ -6,8 +6,8 @@ from flax import nnx
 
 from memzoo.errors import ConfigError
 from memzoo.models.layers.base import Mixer
-from memzoo.models.layers.common import (Dense, RMSNorm, ShortConv, l2_norm, param,
-                                         projection_flops, short_convs)
+from memzoo.models.layers.common import (Dense, RMSNorm, ShortConv, head_width, l2_norm,
+                                         param, projection_flops, short_convs)
 from memzoo.models.layers.deltanet import a_log_init, dt_bias_init
 from memzoo.models.layers.linear_mixer import recurrence_op
 from memzoo.models.layers.registry import register_mixer
@@ -106,7 +106,8 @@ class MixtureOfMemories(Mixer):
     _check(memory_op in MEMORY_OPS, "memory_op", f"unknown {memory_op!r}",
            f"choose one of {sorted(MEMORY_OPS)}")
     _check(form in FORMS, "form", f"unknown {form!r}", f"choose one of {list(FORMS)}")
-    key_dim, value_dim = int(d_model * expand_k) // num_heads, int(d_model * expand_v) // num_heads
+    key_dim = head_width(d_model, expand_k, num_heads, "expand_k")
+    value_dim = head_width(d_model, expand_v, num_heads, "expand_v")
     count = num_memories + int(shared_memory)  # memories with a state
     _, has_beta, has_decay = MEMORY_OPS[memory_op]
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)

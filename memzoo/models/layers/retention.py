@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 from flax import nnx
 
+from memzoo.models.layers.common import head_width
 from memzoo.models.layers.linear_mixer import LinearMixer
 from memzoo.models.layers.registry import register_mixer
 from memzoo.models.ops.rope import apply_rope
@@ -34,10 +35,10 @@ class MultiScaleRetention(LinearMixer):
                expand_v: float = 2.0, rope_theta: float = 10000.0, conv_size: int | None = None,
                mode: str = "chunk", chunk_size: int | None = None, dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
-    super().__init__(d_model, num_heads, int(d_model * expand_k) // num_heads,
-                     int(d_model * expand_v) // num_heads, conv_size=conv_size, output_gate=True,
-                     mode=mode, chunk_size=chunk_size, dtype=dtype, param_dtype=param_dtype,
-                     rngs=rngs)
+    super().__init__(d_model, num_heads, head_width(d_model, expand_k, num_heads, "expand_k"),
+                     head_width(d_model, expand_v, num_heads, "expand_v"), conv_size=conv_size,
+                     output_gate=True, mode=mode, chunk_size=chunk_size, dtype=dtype,
+                     param_dtype=param_dtype, rngs=rngs)
     self.rope_theta = rope_theta
 
   def features(self, x, q, k, v, positions):
