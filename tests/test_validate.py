@@ -5,9 +5,12 @@ the real command line."""
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 from absl import flags
+from flax import nnx
 from conftest import REPO_ROOT
 from faults import make_env
 from helpers import tiny_config
@@ -16,6 +19,7 @@ from memzoo.errors import ConfigError
 from memzoo.models.layers import registry
 from memzoo.train import cli, validate
 from memzoo.train.config import base_config
+from memzoo.train.state import build_model
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +76,10 @@ BAD_OVERRIDES = [
      "config.model.gla.expand_k"),
     (["--config.model.mixers=('gla',)", "--config.model.gla.expand_v=0.01"],
      "config.model.gla.expand_v"),  # positive, but no width left per head: the layer's check
+    (["--config.model.mixers=('mac',)", "--config.model.mac.memory.chunk_size=0"],
+     "config.model.mac.memory.chunk_size"),  # a nested layer's options
+    (["--config.model.engram_layers=(0,)", "--config.model.engram.ngram_heads=0"],
+     "config.model.engram.ngram_heads"),
     (["--config.mesh.data=2"], "config.mesh"),
     (["--config.mesh.data=-1", "--config.mesh.fsdp=-1"], "config.mesh"),
     (["--config.mesh.tensor=0"], "config.mesh.tensor"),
@@ -185,6 +193,52 @@ def test_chunk_sizes_and_counts_of_any_registered_layer_are_checked(monkeypatch)
     validate.check_config(config)
   config.model.chunked.num_memories = 0
   validate.check_config(config)
+
+
+def _numeric_options(node, path=()):
+  """`(path, value)` of every int / float option under a layer's options, nested groups included."""
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _numeric_options(value, path + (key,))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      yield path + (key,), value
+
+
+LAYERS = [(kind, name) for kind in ("mixer", "ffn", "input_branch")
+          for name in registry.REGISTRIES[kind]]
+
+
+@pytest.mark.parametrize("kind, layer", LAYERS, ids=[name for _, name in LAYERS])
+def test_every_numeric_layer_option_at_zero_or_negative_is_a_config_error_or_works(kind, layer):
+  """Each int / float option of the layer at 0, -1 (and a float at 0.01): `check_config` refuses
+  it, or building and tracing the model either works or raises a ConfigError (what
+  `validate.layer_errors` makes of a layer's own checks); never another exception, which the
+  command line would print as a traceback."""
+  def model_with(path, value):
+    config = base_config()
+    config.model.update(d_model=64, num_heads=2, num_layers=1, vocab_size=65)
+    if kind == "mixer":
+      config.model.mixers = (layer,)
+    elif kind == "ffn":
+      config.model.ffn = layer
+    else:
+      config.model.engram_layers = (0,)
+    node = config.model[layer]
+    for key in path[:-1]:
+      node = node[key]
+    node[path[-1]] = value
+    return config
+
+  for path, default in _numeric_options(base_config().model[layer]):
+    for value in (0, -1) if isinstance(default, int) else (0.0, -1.0, 0.01):
+      config = model_with(path, value)
+      try:
+        validate.check_config(config)
+        with validate.layer_errors(config):
+          graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config.model, 0)))
+          jax.eval_shape(lambda p: nnx.merge(graphdef, p)(jnp.zeros((2, 32), jnp.int32)), params)
+      except ConfigError:
+        pass
 
 
 def test_real_command_line_error_is_one_line(tmp_path):

@@ -29,7 +29,7 @@ _KINDS = {int: "an int", float: "a number", str: "a string", bool: "True or Fals
           tuple: "a tuple"}
 # Layer options that are sizes (and any option about chunks): positive when set. Other int
 # options only need to be >= 0.
-_SIZE_SUFFIXES = ("_size", "_dim", "window", "block_q", "block_k")
+_SIZE_SUFFIXES = ("_size", "_dim", "_kernel", "_heads", "window", "block_q", "block_k")
 
 
 def check_config(config) -> None:
@@ -237,7 +237,9 @@ def _check_layer_options(options, path: str) -> None:
   """Int options are >= 0, sizes (chunk and block sizes, windows, dims) > 0, width factors
   (`expand_*`, `expansion`) > 0; the layer itself judges the rest (`layer_errors`)."""
   for name, value in options.items():
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, (ConfigDict, dict)):  # a nested layer's options (mag.memory)
+      _check_layer_options(value, f"{path}.{name}")
+    elif isinstance(value, int) and not isinstance(value, bool):
       size = name.endswith(_SIZE_SUFFIXES) or "chunk" in name
       _check_int(value, f"{path}.{name}", minimum=1 if size else 0)
     elif name.startswith("expan") and value is not None:
