@@ -1,6 +1,6 @@
 """The contract every registered mixer keeps (memzoo/models/README.md), checked for all of them:
 causal, documents isolated by segment_ids, prefill + step == forward, logical axes on every param,
-and an analytic FLOP count that agrees with XLA's."""
+a one-line error for a wrongly shaped input, and an analytic FLOP count that agrees with XLA's."""
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +85,24 @@ def test_prefill_then_step_equals_forward(mixer):
     y_t, state = step(layer, x[:, t], state)
     outs.append(y_t[:, None])
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_wrong_inputs_fail_with_one_line_naming_them(mixer):
+  """A 2-D, integer or wrongly wide x fails at the entry point with one line saying what x must
+  be, not inside a reshape."""
+  _, layer = mixer
+  x, state = inputs(), layer.init_state(2, T)
+  wrong = {"__call__": lambda v: layer(v), "prefill": lambda v: layer.prefill(v, state),
+           "step": lambda v: layer.step(v, state)}
+  cases = [("__call__", x[0], r"x must be a float \[B, T, d_model\] array"),
+           ("__call__", jnp.zeros((2, T), jnp.int32), "embed the tokens first"),
+           ("__call__", x[..., :-1], rf"does not end in this layer's input dims \({D},\)"),
+           ("prefill", x[0], r"x must be a float \[B, T, d_model\] array"),
+           ("step", x, r"x must be a float \[B, d_model\] array")]
+  for entry, value, message in cases:
+    with pytest.raises(ValueError, match=message) as error:
+      wrong[entry](value)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("name", sorted(registry.REGISTRIES["ffn"]))

@@ -1,5 +1,6 @@
 """The interface every sequence mixer follows (see memzoo/models/README.md)."""
 
+import functools
 from typing import Any
 
 import jax
@@ -50,6 +51,16 @@ class Mixer(FlopCounted, nnx.Module):
   auxiliary loss override `mix_with_aux` and make `__call__` return its first output.
   """
 
+  def __init_subclass__(cls, **kwargs):
+    """Each entry point of a subclass, its own or inherited, checks its input first
+    (`_checks_input`), so a wrongly shaped `x` fails with one line naming it rather than deep
+    inside a reshape."""
+    super().__init_subclass__(**kwargs)
+    for name, rank in (("__call__", 3), ("mix_with_aux", 3), ("prefill", 3), ("step", 2)):
+      method = getattr(cls, name)
+      if not hasattr(method, "checks_input"):
+        setattr(cls, name, _checks_input(method, rank))
+
   def __call__(self, x: jnp.ndarray, *, segment_ids: jnp.ndarray | None = None) -> jnp.ndarray:
     raise NotImplementedError
 
@@ -69,6 +80,24 @@ class Mixer(FlopCounted, nnx.Module):
       return s, y_t
     state, ys = jax.lax.scan(body, state, jnp.swapaxes(x, 0, 1))
     return jnp.swapaxes(ys, 0, 1), state
+
+
+def _checks_input(method, rank: int):
+  """`method(self, x, ...)` that first checks `x` is a float array of `rank` (3: `[B, T, d_model]`,
+  2: one token, `[B, d_model]`)."""
+  layout = "[B, T, d_model]" if rank == 3 else "[B, d_model]"
+
+  @functools.wraps(method)
+  def checked(self, x, *args, **kwargs):
+    is_float = jnp.issubdtype(jnp.result_type(x), jnp.floating)
+    if jnp.ndim(x) != rank or not is_float:
+      fix = (f"give it the {layout} layout (x[None] adds a batch axis)" if is_float
+             else "embed the tokens first")
+      raise ValueError(f"{type(self).__name__}.{method.__name__}: x must be a float {layout} "
+                       f"array, got {jnp.result_type(x)} of shape {jnp.shape(x)}; {fix}")
+    return method(self, x, *args, **kwargs)
+  checked.checks_input = rank
+  return checked
 
 
 class FeedForward(FlopCounted, nnx.Module):

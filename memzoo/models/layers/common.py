@@ -107,6 +107,9 @@ class Dense(nnx.Module):
     return 2 * tokens * math.prod(self.in_shape) * math.prod(self.out_shape)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if x.shape[max(x.ndim - len(self.in_shape), 0):] != self.in_shape:
+      raise ValueError(f"input of shape {x.shape} does not end in this layer's input dims "
+                       f"{self.in_shape}: pass [..., {', '.join(map(str, self.in_shape))}]")
     dtype = self.dtype or x.dtype
     y = contract(x.astype(dtype), self.kernel[...].astype(dtype), len(self.in_shape))
     if self.bias is not None:
