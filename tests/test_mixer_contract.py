@@ -113,6 +113,9 @@ def test_feed_forward_layers_keep_shape_and_name_their_axes(name):
   for path, var in nnx.to_flat_state(nnx.state(layer, nnx.Param)):
     axes = var.get_metadata().get("out_sharding")
     assert axes is not None and len(axes) == var.get_value().ndim, (name, path, axes)
+  if name != "identity":  # takes any width
+    with pytest.raises(ValueError, match=rf"does not end in this layer's input dims \({D},\)"):
+      layer(x[..., :-1])
 
 
 # XLA's cost analysis counts a loop body once, whatever its trip count, so the FLOP check runs one

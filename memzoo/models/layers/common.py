@@ -106,10 +106,14 @@ class Dense(nnx.Module):
     """Forward FLOPs of mapping `tokens` inputs."""
     return 2 * tokens * math.prod(self.in_shape) * math.prod(self.out_shape)
 
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def check_input(self, x: jnp.ndarray) -> None:
+    """A one-line ValueError unless x's trailing axes are `in_shape`."""
     if x.shape[max(x.ndim - len(self.in_shape), 0):] != self.in_shape:
       raise ValueError(f"input of shape {x.shape} does not end in this layer's input dims "
                        f"{self.in_shape}: pass [..., {', '.join(map(str, self.in_shape))}]")
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    self.check_input(x)
     dtype = self.dtype or x.dtype
     y = contract(x.astype(dtype), self.kernel[...].astype(dtype), len(self.in_shape))
     if self.bias is not None:
@@ -161,6 +165,7 @@ class SwiGLU(nnx.Module):
     self.down = Dense(hidden, d_model, axes=("mlp", "embed"), **kw)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    self.gate.check_input(x)
     dtype = self.gate.dtype or x.dtype
     weights = (m.kernel[...].astype(dtype) for m in (self.gate, self.up, self.down))
     return swiglu(x.astype(dtype), *weights)
