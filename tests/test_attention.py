@@ -214,3 +214,8 @@ def test_bad_shapes_raise():
   q, k, v, _ = _inputs(0, 1, 4, 6, 2, 2, 4)
   with pytest.raises(ValueError, match="segment_ids need self-attention"):
     attention(q, k, v, segment_ids=jnp.zeros((1, 4), jnp.int32))
+  k2, v2 = jnp.concatenate([k, k]), jnp.concatenate([v, v])  # batch 2 against q's 1
+  for bad_q, bad_k, bad_v in ((q[0], k[0], v[0]), (q, k, v[:, :-1]), (q, k[..., :-1], v),
+                              (q, k2, v2)):
+    with pytest.raises(ValueError, match=r"pass q \[B, T, H, D\], k \[B, S, K, D\]"):
+      attention(bad_q, bad_k, bad_v)

@@ -426,6 +426,9 @@ def attention(q, k, v, *, causal: bool = True, segment_ids=None, window: int | N
   Returns:
     `[B, T, H, Dv]` in q's dtype. A query that sees no key gets zeros.
   """
+  if q.ndim != 4 or k.ndim != 4 or v.shape[:3] != k.shape[:3] or q.shape[::3] != k.shape[::3]:
+    raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape}: pass q [B, T, H, D], k [B, S, K, D] "
+                     "and v [B, S, K, Dv]")
   if q.shape[2] % k.shape[2]:
     raise ValueError(f"query heads {q.shape[2]} not a multiple of kv heads {k.shape[2]}")
   if segment_ids is not None and q.shape[1] != k.shape[1]:
