@@ -241,6 +241,15 @@ def test_every_numeric_layer_option_at_zero_or_negative_is_a_config_error_or_wor
         pass
 
 
+@pytest.mark.parametrize("flag", ["--tokens=0", "--temperature=-1", "--top_k=0"])
+def test_bad_sampling_flag_is_one_line(flag, tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_app(cli._sample_flags, ["memzoo-sample", f"--workdir={tmp_path}", flag],
+                flags.FlagValues())
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert exit_info.value.code == 2 and len(lines) == 1 and flag in lines[0], lines
+
+
 def test_real_command_line_error_is_one_line(tmp_path):
   """Also through the real command line (test_cli.py and test_faults.py hold more)."""
   result = subprocess.run([sys.executable, "-m", "memzoo.train", f"--workdir={tmp_path}",

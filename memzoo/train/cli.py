@@ -132,11 +132,12 @@ def _sample_flags(values, argv):
   workdir_flag = flags.DEFINE_string("workdir", None, "run directory to sample from",
                                      required=True, **define)
   prompt_flag = flags.DEFINE_string("prompt", "\n", "text to continue", **define)
-  tokens_flag = flags.DEFINE_integer("tokens", 200, "number of tokens to generate", **define)
+  tokens_flag = flags.DEFINE_integer("tokens", 200, "number of tokens to generate", lower_bound=1,
+                                     **define)
   temperature_flag = flags.DEFINE_float("temperature", 0.8, "softmax temperature (0: greedy)",
-                                        **define)
+                                        lower_bound=0.0, **define)
   top_k_flag = flags.DEFINE_integer("top_k", None, "sample among the k most likely tokens",
-                                    **define)
+                                    lower_bound=1, **define)
   seed_flag = flags.DEFINE_integer("seed", 0, "sampling seed", **define)
   flags.DEFINE_bool("debug", False, "show tracebacks for user errors", **define)
 
