@@ -186,6 +186,18 @@ def test_emit_list_and_slurm(tmp_path, capsys):
   assert json.loads(task.stdout) == list(sweep.expand(config, workdir)[1].command()[1:])
 
 
+def test_only_selects_runs_and_refuses_a_bad_pattern(tmp_path, capsys):
+  config, workdir = str(write_config(tmp_path)), tmp_path / "sweep"
+  sweep.main([config, f"--workdir={workdir}", "--emit=list", "--only=d_model=32"])
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 1 and "--config.model.d_model=32" in lines[0]
+  with pytest.raises(UserError, match="matches no run"):
+    sweep.main([config, f"--workdir={workdir}", "--emit=list", "--only=d_model=99"])
+  with pytest.raises(SystemExit):
+    sweep.main([config, f"--workdir={workdir}", "--emit=list", "--only=("])
+  assert "'(' is not a regular expression" in capsys.readouterr().err
+
+
 def test_real_sweep_then_report(tmp_path):
   """One tiny training through the command line, then the report on its directory."""
   config, workdir = str(write_config(tmp_path, (16,))), tmp_path / "sweep"

@@ -198,13 +198,20 @@ def _parser() -> argparse.ArgumentParser:
                       help="runs trained at once (locally, default 1; slurm: the array's limit)")
   parser.add_argument("--emit", choices=("list", "slurm"),
                       help="print the commands (list) or write DIR/sweep.sbatch (slurm) instead")
-  parser.add_argument("--only", metavar="REGEX",
+  parser.add_argument("--only", metavar="REGEX", type=_regex,
                       help="keep only the runs whose name matches, e.g. 'd_model=32,seq_len=64'")
   parser.add_argument("--python", default=sys.executable, help="interpreter for the runs")
   parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                       help="extra #SBATCH option, e.g. --sbatch=--gres=gpu:1 (repeatable)")
   parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
   return parser
+
+
+def _regex(text: str) -> re.Pattern:
+  try:
+    return re.compile(text)
+  except re.error as e:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({e})") from None
 
 
 def main(argv=None) -> None:
@@ -219,9 +226,9 @@ def main(argv=None) -> None:
 
   runs = expand(args.config, workdir, extra)
   if args.only:
-    runs = [run for run in runs if re.search(args.only, run.name)]
+    runs = [run for run in runs if args.only.search(run.name)]
     if not runs:
-      raise UserError(f"--only={args.only}: matches no run of {args.config}")
+      raise UserError(f"--only={args.only.pattern}: matches no run of {args.config}")
   states = {run.name: status(run) for run in runs}
   todo = [run for run in runs if states[run.name] != "done"]
   summary = (f"{len(runs)} runs in {workdir}: {len(runs) - len(todo)} finished, "
