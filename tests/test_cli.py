@@ -57,7 +57,12 @@ def test_compilation_cache(tmp_path):
 def test_user_errors_are_one_line(tmp_path):
   for args, field in [(["--config.model.d_modle=3"], "d_modle"),
                       (["--config.data.path=/no/such.txt"], "config.data.path"),
-                      (["--config=/no/such_config.py"], "config")]:
+                      (["--config=/no/such_config.py"], "config"),
+                      (["--config.distributed.enabled=True"], "config.distributed"),
+                      (["--config.distributed.enabled=True", "--config.distributed.num_processes=2",
+                        "--config.distributed.process_id=5",
+                        "--config.distributed.coordinator_address=127.0.0.1:1"],
+                       "process_id < num_processes")]:
     result = run("memzoo.train", f"--workdir={tmp_path}", *args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

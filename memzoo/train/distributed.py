@@ -6,6 +6,8 @@ import os
 
 import jax
 
+from memzoo.errors import ConfigError
+
 MAX_AUTO_CPU_DEVICES = 8
 _COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -86,9 +88,14 @@ def maybe_initialize(dist_cfg) -> None:
     return
   if not _is_multi_process(dist_cfg):
     return
-  jax.distributed.initialize(coordinator_address=dist_cfg.coordinator_address,
-                             num_processes=dist_cfg.num_processes,
-                             process_id=dist_cfg.process_id)
+  try:
+    jax.distributed.initialize(coordinator_address=dist_cfg.coordinator_address,
+                               num_processes=dist_cfg.num_processes,
+                               process_id=dist_cfg.process_id)
+  except ValueError as e:  # what JAX could not detect, or ids out of range
+    raise ConfigError("config.distributed", " ".join(str(e).split()).rstrip("."),
+                      "set coordinator_address, num_processes and process_id (0 <= process_id < "
+                      "num_processes), or run where JAX detects them (TPU pods, SLURM)") from e
 
 
 def is_writer() -> bool:
