@@ -84,6 +84,7 @@ BAD_OVERRIDES = [
     (["--config.mesh.data=-1", "--config.mesh.fsdp=-1"], "config.mesh"),
     (["--config.mesh.tensor=0"], "config.mesh.tensor"),
     (["--config.data.path=/no/such/file.txt"], "config.data.path"),
+    (["--config.data.path=/"], "config.data.path: '/': a directory, not a file"),
     (["--config.data.seq_len=0"], "config.data.seq_len"),
     (["--config.data.tokenizer=bpe"], "config.data.tokenizer"),
     (["--config.data.task=nope"], "config.data.task"),

@@ -15,7 +15,8 @@ def read_bytes(path: str | None, field: str = "config.data.path") -> bytes:
     return gzip.decompress(importlib.resources.files("memzoo.data").joinpath(SHIPPED).read_bytes())
   file = Path(path).expanduser()
   if not file.is_file():
-    raise ConfigError(field, f"no such file {str(file)!r}",
+    problem = "a directory, not a file" if file.is_dir() else "no such file"
+    raise ConfigError(field, f"{str(file)!r}: {problem}",
                       "point it at a text file, or set it to None for the shipped tiny Shakespeare")
   data = file.read_bytes()
   if not data:
