@@ -1,4 +1,5 @@
-"""An independent matmul-FLOP count for tests: walk a function's jaxpr and add up `dot_general`s.
+"""An independent matmul-FLOP count for tests: walk a function's jaxpr and add up `dot_general`s
+(`dot_equations` yields them for other checks).
 
 Unlike XLA's cost analysis it multiplies loop bodies by their trip count (`scan`), so it checks
 analytic counts on many chunks. `cond` counts its costliest branch; elementwise work is ignored.
@@ -17,6 +18,15 @@ def _sub_jaxprs(params):
         yield item.jaxpr
       elif isinstance(item, core.Jaxpr):
         yield item
+
+
+def dot_equations(jaxpr):
+  """Every `dot_general` equation of `jaxpr` and of the jaxprs nested in it (each body once)."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      yield eqn
+    for sub in _sub_jaxprs(eqn.params):
+      yield from dot_equations(sub)
 
 
 def jaxpr_dot_flops(jaxpr) -> int:

@@ -6,6 +6,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import pytest
+from flop_count import dot_equations
 from hypothesis import given, settings, strategies as st
 
 from memzoo.models.ops import memory_mlp
@@ -259,22 +260,9 @@ def test_bfloat16_inputs_are_computed_in_float32():
   _close(o.astype(jnp.float32), want_o.astype(jnp.bfloat16).astype(jnp.float32), 0)
   for got, want in zip(w + s, want_w + want_s):
     _close(got, want, 0)
-  dtypes = _dot_operand_dtypes(jax.make_jaxpr(run)(*args).jaxpr)
+  dtypes = {v.aval.dtype for eqn in dot_equations(jax.make_jaxpr(run)(*args).jaxpr)
+            for v in eqn.invars}
   assert dtypes and dtypes <= {jnp.dtype(jnp.float32)}, dtypes
-
-
-def _dot_operand_dtypes(jaxpr) -> set:
-  """dtypes of the operands of every dot_general in `jaxpr` and the jaxprs nested in it."""
-  found = set()
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      found |= {v.aval.dtype for v in eqn.invars}
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          found |= _dot_operand_dtypes(sub)
-  return found
 
 
 def test_packed_documents_reset_the_memory():
