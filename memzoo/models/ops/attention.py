@@ -426,7 +426,8 @@ def attention(q, k, v, *, causal: bool = True, segment_ids=None, window: int | N
   Returns:
     `[B, T, H, Dv]` in q's dtype. A query that sees no key gets zeros.
   """
-  if q.ndim != 4 or k.ndim != 4 or v.shape[:3] != k.shape[:3] or q.shape[::3] != k.shape[::3]:
+  if (q.ndim != 4 or k.ndim != 4 or v.shape[:3] != k.shape[:3]
+      or (q.shape[0], q.shape[3]) != (k.shape[0], k.shape[3])):  # batch and key width
     raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape}: pass q [B, T, H, D], k [B, S, K, D] "
                      "and v [B, S, K, Dv]")
   if q.shape[2] % k.shape[2]:
